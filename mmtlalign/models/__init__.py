@@ -1,0 +1,7 @@
+from .classifier import TLAlignClassifier
+from .mixing import MixedBatch, TLAlignMix
+from .vit import AlignedVisionTransformer
+
+__all__ = [
+    'AlignedVisionTransformer', 'MixedBatch', 'TLAlignClassifier', 'TLAlignMix'
+]

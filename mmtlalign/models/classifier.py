@@ -1,0 +1,92 @@
+"""Image classifier that trains with token-label-aligned mixing targets."""
+import torch
+from mmpretrain.models import ImageClassifier
+from mmpretrain.registry import MODELS
+
+from .alignment import aligned_target
+from .mixing import TLAlignMix
+
+
+@MODELS.register_module()
+class TLAlignClassifier(ImageClassifier):
+    """:class:`ImageClassifier` whose ``loss()`` mixes the batch and aligns token labels.
+
+    In ``loss()``: mix with :class:`TLAlignMix`, run the backbone's ``forward_aligned`` to get
+    the partner share ``s`` of the output token, and hand the soft target
+    ``(1 - s) * y_a + s * y_b`` as ``gt_score`` to the unchanged mmpretrain head and loss
+    (label smoothing stays the loss's job). ``predict()`` is the parent's.
+
+    Besides the loss it logs ``token_fluctuation``: the mean ``|aligned share - area share|``,
+    how far the label of the output token drifted from the area-ratio label.
+
+    Args:
+        mix (dict | TLAlignMix): the mixer.
+        align (bool): False trains the same-recipe baseline: same mixer, area-ratio targets.
+        **kwargs: those of :class:`ImageClassifier`. Leave ``train_cfg`` (mmpretrain's batch
+            augments) unset: mixing happens here.
+    """
+
+    def __init__(self, *args, mix=dict(type='TLAlignMix'), align=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.data_preprocessor, 'batch_augments', None) is not None:
+            raise ValueError(
+                'TLAlignClassifier mixes batches itself, but the data preprocessor also has '
+                'batch augments (model.train_cfg.augments, e.g. from an inherited DeiT config); '
+                'set `model.train_cfg=None` (or data_preprocessor.batch_augments=None).')
+        if align and not hasattr(self.backbone, 'forward_aligned'):
+            raise TypeError(
+                f'TL-Align needs a backbone with forward_aligned(x, token_share); '
+                f'{type(self.backbone).__name__} has none. Use AlignedVisionTransformer or '
+                'AlignedSwinTransformer (same arguments and checkpoints as the mmpretrain '
+                'ones), or set align=False for the plain-CutMix baseline.')
+        self.mixer = mix if isinstance(mix, TLAlignMix) else MODELS.build(mix)
+        self.align = align
+        self._check_num_classes()
+
+    @property
+    def num_classes(self):
+        return self.head.num_classes
+
+    @property
+    def patch_size(self):
+        """Patch size of the backbone's patch embedding, the grid of token labels."""
+        size = getattr(self.backbone, 'patch_size', None)
+        if size is None:
+            size = tuple(self.backbone.patch_embed.projection.stride)
+        return size
+
+    def _check_num_classes(self):
+        loss_classes = getattr(self.head.loss_module, 'num_classes', None)
+        if loss_classes is not None and loss_classes != self.num_classes:
+            raise ValueError(f'head.num_classes={self.num_classes} but head.loss.num_classes='
+                             f'{loss_classes}; set both to the number of classes of the dataset.')
+
+    def loss(self, inputs, data_samples):
+        """Mixed, aligned loss.
+
+        Args:
+            inputs (Tensor): (B, C, H, W) normalised images.
+            data_samples (list[DataSample]): with ``gt_label``.
+
+        Returns:
+            dict[str, Tensor]: the head's losses and ``token_fluctuation``.
+        """
+        labels = torch.cat([sample.gt_label for sample in data_samples]).to(inputs.device)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
+            raise ValueError(f'label {bad} is out of range for head.num_classes='
+                             f'{self.num_classes}; set model.head.num_classes to the number of '
+                             'classes of the dataset.')
+        mixed = self.mixer(inputs, self.patch_size)
+        if self.align and not mixed.uniform:
+            feats, share = self.backbone.forward_aligned(mixed.inputs, mixed.token_share)
+            if self.with_neck:
+                feats = self.neck(feats)
+        else:  # uniform shares stay uniform under attention: the area share is exact
+            feats, share = self.extract_feat(mixed.inputs), mixed.area_share
+        target = aligned_target(labels, mixed.partner, share, self.num_classes)
+        for sample, score in zip(data_samples, target):
+            sample.set_gt_score(score)
+        losses = self.head.loss(feats, data_samples)
+        losses['token_fluctuation'] = (share - mixed.area_share).abs().mean().detach()
+        return losses

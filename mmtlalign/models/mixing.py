@@ -1,0 +1,183 @@
+"""Batch mixing that keeps what token-label alignment needs."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mmengine.dist import get_rank
+from mmpretrain.registry import MODELS
+
+from .alignment import token_share_from_mask
+
+
+@dataclass
+class MixedBatch:
+    """A mixed batch.
+
+    Attributes:
+        inputs (Tensor): (B, C, H, W) mixed images.
+        partner (Tensor): (B,) index of each image's partner in the batch.
+        token_share (Tensor): (B, N) partner share of each patch token, row-major patch grid.
+        area_share (Tensor): (B,) partner share of the whole image (1 - lambda).
+        uniform (bool): every token has its image's area share (a global Mixup batch, or no
+            mix at all); attention cannot change uniform shares, so no tracing is needed.
+    """
+    inputs: torch.Tensor
+    partner: torch.Tensor
+    token_share: torch.Tensor
+    area_share: torch.Tensor
+    uniform: bool
+
+
+@MODELS.register_module()
+class TLAlignMix:
+    """CutMix / Mixup for TL-Align.
+
+    Unlike mmpretrain's batch augments, which only return ``(inputs, batch_score)``, this keeps
+    the partner index and the per-token partner share, from which the backbone traces labels.
+
+    CutMix boxes are snapped to a grid of ``box_grid`` pixels (the backbone's patch size by
+    default), so every token comes from one image, and lambda is corrected to the box area, as
+    in the released TL-Align code. With ``box_grid=1`` boxes are pixel-accurate and tokens that
+    straddle the box edge get fractional shares (the mean of the mask over the patch), which the
+    alignment handles exactly.
+
+    Args:
+        cutmix_alpha (float): Beta(alpha, alpha) for CutMix's lambda; 0 disables CutMix.
+        mixup_alpha (float): Beta(alpha, alpha) for Mixup's lambda; 0 disables Mixup.
+        prob (float): probability of mixing a batch (``mode='batch'``) or an image
+            (``mode='elem'``).
+        switch_prob (float): probability of Mixup instead of CutMix when both are enabled.
+        mode (str): ``'batch'``: one lambda and box for the whole batch (the released code);
+            ``'elem'``: one per image.
+        box_grid (int, optional): CutMix box grid in pixels. None: the backbone's patch size.
+        seed (int, optional): seed of the mixer's own generator. None: drawn from numpy's
+            global generator (seeded by mmengine's ``randomness``) plus the process rank, so
+            that processes mix differently but reproducibly.
+    """
+    MODES = ('batch', 'elem')
+
+    def __init__(self,
+                 cutmix_alpha=1.0,
+                 mixup_alpha=0.0,
+                 prob=1.0,
+                 switch_prob=0.5,
+                 mode='batch',
+                 box_grid=None,
+                 seed=None):
+        if mode not in self.MODES:
+            raise ValueError(f'Unknown TLAlignMix mode {mode!r}: choose one of {self.MODES} '
+                             "('batch': one box/lambda per batch, 'elem': one per image).")
+        if cutmix_alpha < 0 or mixup_alpha < 0:
+            raise ValueError('cutmix_alpha and mixup_alpha must be >= 0.')
+        if cutmix_alpha == 0 and mixup_alpha == 0:
+            raise ValueError('TLAlignMix needs cutmix_alpha > 0 or mixup_alpha > 0; to train '
+                             'without mixing use mmpretrain\'s ImageClassifier instead.')
+        if not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
+            raise ValueError('prob and switch_prob must lie in [0, 1].')
+        if box_grid is not None and box_grid < 1:
+            raise ValueError(f'box_grid must be a positive number of pixels, got {box_grid}.')
+        self.cutmix_alpha = cutmix_alpha
+        self.mixup_alpha = mixup_alpha
+        self.prob = prob
+        self.switch_prob = switch_prob
+        self.mode = mode
+        self.box_grid = box_grid
+        self.seed = seed
+        self._rng = None
+
+    # -- random state, saved in checkpoints so that resumed runs mix as uninterrupted ones --
+    @property
+    def rng(self):
+        if self._rng is None:
+            seed = self.seed if self.seed is not None else int(np.random.randint(2**31))
+            self._rng = np.random.default_rng(seed + get_rank())
+        return self._rng
+
+    def state_dict(self):
+        return {'bit_generator': self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state['bit_generator']
+
+    # -- mixing --
+    def __call__(self, inputs, patch_size):
+        """Mix a batch.
+
+        Args:
+            inputs (Tensor): (B, C, H, W) images.
+            patch_size (tuple[int, int]): the backbone's patch size; H and W must be multiples.
+
+        Returns:
+            MixedBatch
+        """
+        B, _, H, W = inputs.shape
+        ph, pw = patch_size
+        if H % ph or W % pw:
+            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}: '
+                             'token labels need whole patches. Resize/crop to a multiple of the '
+                             'patch size in the data pipeline.')
+        grid = (H // ph, W // pw)
+        n = B if self.mode == 'elem' else 1
+        mixed = self.rng.random(n) < self.prob
+        if B < 2 or not mixed.any():  # nothing to mix with
+            return self._unmixed(inputs, grid)
+
+        use_mixup = self._choose_mixup(n)
+        lam = np.where(use_mixup, self._beta(self.mixup_alpha, n), self._beta(self.cutmix_alpha, n))
+        lam = np.where(mixed, lam, 1.0)
+        box = self._box_mask(lam, use_mixup | ~mixed, H, W, patch_size)
+        partner = torch.as_tensor(self.rng.permutation(B), device=inputs.device)
+
+        # pixel mask: 1 where the pixel comes from the partner; for Mixup the blend weight
+        blend = torch.as_tensor(np.where(use_mixup, 1 - lam, 0.0), dtype=inputs.dtype,
+                                device=inputs.device)
+        box = box.to(device=inputs.device, dtype=inputs.dtype)
+        mask = torch.maximum(box, blend[:, None, None]).expand(B, H, W)
+        mixed_inputs = torch.lerp(inputs, inputs[partner], mask[:, None])
+        token_share = token_share_from_mask(mask, grid)
+        return MixedBatch(
+            inputs=mixed_inputs,
+            partner=partner,
+            token_share=token_share,
+            area_share=mask.mean(dim=(1, 2)),
+            uniform=bool((use_mixup | ~mixed).all()))
+
+    def _unmixed(self, inputs, grid):
+        B = inputs.shape[0]
+        return MixedBatch(
+            inputs=inputs,
+            partner=torch.arange(B, device=inputs.device),
+            token_share=inputs.new_zeros(B, grid[0] * grid[1]),
+            area_share=inputs.new_zeros(B),
+            uniform=True)
+
+    def _choose_mixup(self, n):
+        if self.cutmix_alpha == 0:
+            return np.ones(n, dtype=bool)
+        if self.mixup_alpha == 0:
+            return np.zeros(n, dtype=bool)
+        return self.rng.random(n) < self.switch_prob
+
+    def _beta(self, alpha, n):
+        return self.rng.beta(alpha, alpha, n) if alpha > 0 else np.ones(n)
+
+    def _box_mask(self, lam, skip, H, W, patch_size):
+        """(B or 1, H, W) bool CutMix boxes on the box grid; empty where ``skip``."""
+        cell = self.box_grid or patch_size[0]
+        cell_w = self.box_grid or patch_size[1]
+        if H % cell or W % cell_w:
+            raise ValueError(f'box_grid {cell} does not divide the image size {H}x{W}.')
+        gh, gw = H // cell, W // cell_w
+        ratio = np.sqrt(1 - lam)
+        cut_h, cut_w = (gh * ratio).astype(int), (gw * ratio).astype(int)
+        cy, cx = self.rng.integers(0, gh, len(lam)), self.rng.integers(0, gw, len(lam))
+        y1, y2 = np.clip(cy - cut_h // 2, 0, gh), np.clip(cy + cut_h // 2, 0, gh)
+        x1, x2 = np.clip(cx - cut_w // 2, 0, gw), np.clip(cx + cut_w // 2, 0, gw)
+        y2, x2 = np.where(skip, y1, y2), np.where(skip, x1, x2)
+        rows = torch.arange(H)[None, :, None] // cell
+        cols = torch.arange(W)[None, None, :] // cell_w
+
+        def t(a):
+            return torch.as_tensor(a)[:, None, None]
+
+        return (rows >= t(y1)) & (rows < t(y2)) & (cols >= t(x1)) & (cols < t(x2))

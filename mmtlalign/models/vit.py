@@ -1,0 +1,135 @@
+"""ViT / DeiT backbone with TL-Align label tracing."""
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.models import VisionTransformer
+from mmpretrain.registry import MODELS
+
+from . import alignment
+
+
+class ShareTracer:
+    """Carries the partner share of every token through the blocks of one forward pass.
+
+    Installed as the attention function of each block for the duration of one
+    :meth:`AlignedVisionTransformer.forward_aligned` call: it computes the block's fused
+    attention and, from the same call, applies the TL-Align rule to the shares.
+
+    Args:
+        share (Tensor): (B, N_tokens) initial shares (class token first).
+        residual_weight (float): r in ``s <- (1 - r) * s + r * (A_mean @ s)``.
+    """
+
+    def __init__(self, share, residual_weight):
+        self.share = share
+        self.residual_weight = residual_weight
+        self.history = []  # (B, N_tokens) after each block
+        self.outs = None  # the backbone's outputs, set by trace_shares
+
+    def attention(self, q, k, v, dropout_p=0.):
+        out, attended = alignment.attention_with_share(q, k, v, self.share, dropout_p)
+        self.share = alignment.propagate(self.share, attended, self.residual_weight)
+        self.history.append(self.share)
+        return out
+
+
+@MODELS.register_module()
+class AlignedVisionTransformer(VisionTransformer):
+    """mmpretrain's :class:`VisionTransformer` plus training-time token-label alignment.
+
+    Same constructor, ``state_dict`` keys and ``forward`` as the parent (inference is
+    unchanged); checkpoints move freely between the two. It adds :meth:`forward_aligned`.
+
+    Args:
+        residual_weight (float): r of the alignment rule. Defaults to 0.5 (the paper).
+        *args, **kwargs: those of :class:`mmpretrain.models.VisionTransformer`.
+    """
+
+    def __init__(self, *args, residual_weight=0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0 <= residual_weight <= 1:
+            raise ValueError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
+        self.residual_weight = residual_weight
+        for i, layer in enumerate(self.layers):
+            if layer.attn.scaled_dot_product_attention is not F.scaled_dot_product_attention:
+                raise ValueError(
+                    f'layer {i} does not use torch\'s scaled_dot_product_attention (was '
+                    '`qk_scale` set in layer_cfgs?). mmpretrain\'s python fallback scales by '
+                    'the inverse factor; leave qk_scale unset.')
+
+    @property
+    def patch_size(self):
+        """(ph, pw) pixels per patch token."""
+        return tuple(self.patch_embed.projection.stride)
+
+    def forward_aligned(self, x, token_share):
+        """Forward and trace the partner share of the output.
+
+        Args:
+            x (Tensor): (B, C, H, W) mixed images; H, W multiples of the patch size.
+            token_share (Tensor): (B, H/ph * W/pw) partner share of each patch, row-major.
+
+        Returns:
+            tuple: ``outs``, exactly as :meth:`forward` returns them, and the partner share
+            (B,) of the output the head consumes: the class token's for
+            ``out_type='cls_token'``, the mean over patch tokens for ``'avg_featmap'``.
+        """
+        tracer = self.trace_shares(x, token_share)
+        return tracer.outs, self.output_share(tracer)
+
+    def trace_shares(self, x, token_share):
+        """Run :meth:`forward` with a :class:`ShareTracer`; ``tracer.history`` holds the
+        (B, N_tokens) shares after every block and ``tracer.outs`` the outputs."""
+        self._check_share(x, token_share)
+        share = alignment.initial_share(token_share.float(), self.num_extra_tokens)
+        tracer = ShareTracer(share, self.residual_weight)
+        tracer.grid = (x.shape[2] // self.patch_size[0], x.shape[3] // self.patch_size[1])
+        with self._attention_replaced_by(tracer):
+            tracer.outs = self.forward(x)
+        return tracer
+
+    def output_share(self, tracer):
+        """(B,) share of the output the head consumes (the last of ``out_indices``)."""
+        return self._pooled_share(tracer.history[max(self.out_indices)])
+
+    def block_output_shares(self, tracer):
+        """(num_blocks, B): the output share had the network stopped after each block."""
+        return torch.stack([self._pooled_share(share) for share in tracer.history])
+
+    def share_maps(self, tracer):
+        """Per-block patch-token shares as (B, h, w) maps on the patch grid."""
+        h, w = tracer.grid
+        return [share[:, self.num_extra_tokens:].reshape(-1, h, w) for share in tracer.history]
+
+    def _pooled_share(self, share):
+        if self.out_type == 'cls_token':
+            return share[:, 0]
+        if self.out_type == 'avg_featmap':
+            return share[:, self.num_extra_tokens:].mean(dim=1)
+        raise ValueError(f'forward_aligned needs a classification output (out_type '
+                         f"'cls_token' or 'avg_featmap'), not {self.out_type!r}.")
+
+    def _check_share(self, x, token_share):
+        B, _, H, W = x.shape
+        ph, pw = self.patch_size
+        if H % ph or W % pw:
+            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
+                             'resize or crop to a multiple of the patch size.')
+        expected = (B, (H // ph) * (W // pw))
+        if tuple(token_share.shape) != expected:
+            raise ValueError(f'token_share must have shape {expected} (batch, patch tokens of '
+                             f'a {H // ph}x{W // pw} grid), got {tuple(token_share.shape)}.')
+
+    @contextmanager
+    def _attention_replaced_by(self, tracer):
+        # The parent's own forward runs unchanged; only each block's attention call also
+        # carries the shares, so the features are those of forward() by construction.
+        attns = [layer.attn for layer in self.layers]
+        for attn in attns:
+            attn.scaled_dot_product_attention = tracer.attention
+        try:
+            yield
+        finally:
+            for attn in attns:
+                attn.scaled_dot_product_attention = F.scaled_dot_product_attention

@@ -1,0 +1,152 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: config checks and launcher set-up.
+
+Every check raises :class:`UserInputError` with a message that names the problem and the fix;
+the tools print it without a traceback.
+"""
+import os
+import os.path as osp
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported)
+from mmengine.runner import find_latest_checkpoint
+
+
+class UserInputError(Exception):
+    """Bad input from the user: printed as a one-line error by the tools."""
+
+
+def load_config(path, cfg_options=None):
+    """Read a config file, with a clear error if it does not exist or does not parse."""
+    if not osp.isfile(path):
+        hint = ''
+        if not path.endswith('.py'):
+            hint = ' (config files end in .py)'
+        raise UserInputError(f'config file {path!r} does not exist{hint}; see configs/ for the '
+                             'available ones.')
+    try:
+        cfg = Config.fromfile(path)
+    except (SyntaxError, ImportError, FileNotFoundError, KeyError) as e:
+        raise UserInputError(f'cannot load config {path!r}: {type(e).__name__}: {e}') from e
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def default_work_dir(cfg, config_path, work_dir=None):
+    """--work-dir, else the config's work_dir, else ./work_dirs/<config name>."""
+    if work_dir is not None:
+        return work_dir
+    if cfg.get('work_dir') is not None:
+        return cfg.work_dir
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def resolve_resume(cfg, resume):
+    """Apply ``--resume``: ``'auto'`` resumes from the latest checkpoint of the work dir."""
+    if resume is None:
+        return
+    if resume == 'auto':
+        if find_latest_checkpoint(cfg.work_dir) is None:
+            raise UserInputError(
+                f'--resume was given but {cfg.work_dir!r} holds no checkpoint to resume from '
+                '(no last_checkpoint file or *.pth). Train without --resume first, pass '
+                '--resume PATH/TO/CKPT.pth, or point --work-dir at the run to continue.')
+        cfg.resume, cfg.load_from = True, None
+        return
+    if not osp.isfile(resume):
+        raise UserInputError(f'--resume checkpoint {resume!r} does not exist.')
+    cfg.resume, cfg.load_from = True, resume
+
+
+def enable_amp(cfg):
+    """Apply ``--amp`` (mixed precision needs a CUDA GPU)."""
+    if not torch.cuda.is_available():
+        raise UserInputError('--amp needs a CUDA GPU and none is available here; drop --amp to '
+                             'train in float32 on the CPU.')
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
+        raise UserInputError(f'--amp only works with OptimWrapper, the config uses {optim_wrapper}.')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def _datasets(dataset_cfg):
+    """The dataset configs inside (possibly wrapped) dataset configs."""
+    if dataset_cfg is None:
+        return
+    yield dataset_cfg
+    for key in ('dataset', 'datasets'):
+        inner = dataset_cfg.get(key)
+        for d in inner if isinstance(inner, (list, tuple)) else [inner]:
+            if isinstance(d, dict):
+                yield from _datasets(d)
+
+
+def check_data_roots(cfg, loaders):
+    """Fail early, naming the config key, when a dataset folder or annotation file is missing."""
+    for loader in loaders:
+        if cfg.get(loader) is None:
+            continue
+        for ds in _datasets(cfg[loader].get('dataset')):
+            if ds.get('download'):  # the dataset class fetches its own files
+                continue
+            root = ds.get('data_root')
+            if root and not osp.isdir(root):
+                raise UserInputError(
+                    f'dataset folder {root!r} ({loader}.dataset.data_root) does not exist. '
+                    'Put the data there (see README "Datasets") or override it, e.g. '
+                    f'--cfg-options {loader}.dataset.data_root=/path/to/data')
+            ann = ds.get('ann_file')
+            if ann:
+                path = ann if osp.isabs(ann) or not root else osp.join(root, ann)
+                if not osp.isfile(path):
+                    raise UserInputError(
+                        f'annotation file {path!r} ({loader}.dataset.ann_file) does not exist; '
+                        f'override it with --cfg-options {loader}.dataset.ann_file=...')
+
+
+def setup_cpu_distributed(cfg, launcher):
+    """Distributed runs on CPU-only machines: gloo, and DDP without device ids.
+
+    mmengine's ``init_dist`` always calls ``torch.cuda.set_device`` and its DDP wrapper passes
+    ``device_ids``; without a GPU we initialise the process group ourselves (the Runner then
+    skips its own initialisation) and build the wrapper with ``device_ids=None``.
+    """
+    if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    if launcher == 'slurm':
+        _slurm_env_to_torch_env()
+    elif launcher != 'pytorch':
+        raise UserInputError(f'launcher {launcher!r} needs GPUs; on CPU use --launcher pytorch '
+                             '(tools/dist_train.sh) or slurm.')
+    dist.init_process_group(
+        backend='gloo',
+        rank=int(os.environ['RANK']),
+        world_size=int(os.environ['WORLD_SIZE']))
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper.update(device_ids=None)
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+
+
+def _slurm_env_to_torch_env():
+    import subprocess
+    nodes = os.environ['SLURM_NODELIST']
+    addr = subprocess.getoutput(f'scontrol show hostname {nodes} | head -n1')
+    os.environ.setdefault('MASTER_ADDR', addr)
+    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+
+
+def build_runner(cfg):
+    """Build the Runner (or the config's ``runner_type``)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

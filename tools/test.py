@@ -1,0 +1,58 @@
+"""Evaluate a checkpoint with the config's test dataloader and evaluator.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--cfg-options k=v]
+    tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test a model (mmtlalign).')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='directory for the evaluation log and metrics')
+    parser.add_argument('--out', help='also dump the raw predictions to this pickle file')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config keys, e.g. test_dataloader.dataset.data_root=data/imagenet')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import mmtlalign  # noqa: F401
+    from mmtlalign.utils import launch
+
+    try:
+        cfg = launch.load_config(args.config, args.cfg_options)
+        if not osp.isfile(args.checkpoint):
+            raise launch.UserInputError(f'checkpoint {args.checkpoint!r} does not exist.')
+        cfg.launcher = args.launcher
+        cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
+        cfg.load_from = args.checkpoint
+        launch.check_data_roots(cfg, ['test_dataloader'])
+        launch.setup_cpu_distributed(cfg, args.launcher)
+    except launch.UserInputError as e:
+        sys.exit(f'error: {e}')
+
+    runner = launch.build_runner(cfg)
+    if args.out:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,71 @@
+"""Train a model from a config (classification, detection or segmentation; the config's
+``default_scope`` decides). The usual OpenMMLab arguments; see README "Training".
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v]
+    tools/dist_train.sh CONFIG GPUS [args]          # torchrun, one node or NNODES nodes
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model (mmtlalign).')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from CKPT, or with no value from the latest checkpoint of the work dir')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    parser.add_argument('--no-validate', action='store_true', help='skip validation')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the learning rate by actual/base batch size (auto_scale_lr.base_batch_size)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config keys, e.g. train_dataloader.batch_size=32 '
+        'model.head.num_classes=10')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher (tools/dist_train.sh and tools/slurm_train.sh set it)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import mmtlalign  # noqa: F401  (registers components, allow-lists checkpoint types)
+    from mmtlalign.utils import launch
+
+    try:
+        cfg = launch.load_config(args.config, args.cfg_options)
+        cfg.launcher = args.launcher
+        cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
+        if args.amp:
+            launch.enable_amp(cfg)
+        if args.auto_scale_lr:
+            if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+                raise launch.UserInputError(
+                    '--auto-scale-lr needs auto_scale_lr.base_batch_size in the config.')
+            cfg.auto_scale_lr.enable = True
+        if args.no_validate:
+            cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+        launch.resolve_resume(cfg, args.resume)
+        loaders = ['train_dataloader']
+        if cfg.get('val_cfg') is not None:
+            loaders.append('val_dataloader')
+        launch.check_data_roots(cfg, loaders)
+        launch.setup_cpu_distributed(cfg, args.launcher)
+    except launch.UserInputError as e:
+        sys.exit(f'error: {e}')
+
+    runner = launch.build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
