@@ -56,7 +56,10 @@ def tiny_cls_options(data_root, num_classes=4, batch_size=4, epochs=1, img_size=
         'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
         'test_dataloader.persistent_workers=False',
         f'model.head.num_classes={num_classes}',
+        f'data_preprocessor.num_classes={num_classes}',  # used by mmpretrain's batch augments
         f'train_cfg.max_epochs={epochs}',
+        # the recipes' cosine phase starts after the warm-up epochs; start it at 0 here
+        'param_scheduler.1.begin=0',
         'default_hooks.logger.interval=1',
         'val_evaluator.topk=1', 'test_evaluator.topk=1',
     ]

@@ -26,7 +26,7 @@ def load_config(path, cfg_options=None):
                              'available ones.')
     try:
         cfg = Config.fromfile(path)
-    except (SyntaxError, ImportError, FileNotFoundError, KeyError) as e:
+    except (SyntaxError, ImportError, OSError, KeyError, TypeError, ValueError) as e:
         raise UserInputError(f'cannot load config {path!r}: {type(e).__name__}: {e}') from e
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -10,7 +10,10 @@ import torch
 
 def _numpy_types():
     # numpy arrays and scalars pickle through these reconstructors and dtype classes.
-    multiarray = getattr(np, '_core', np.core).multiarray
+    if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
     types = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
     types += [type(np.dtype(name)) for name in
               ('float64', 'float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool')]
@@ -18,9 +21,14 @@ def _numpy_types():
 
 
 def mmengine_checkpoint_types():
-    """The non-tensor types found in checkpoints that mmengine's Runner saves."""
+    """The non-tensor globals found in checkpoints that mmengine's Runner saves.
+
+    ``getattr`` is there because a pickled ``HistoryBuffer`` refers to its statistics methods
+    as ``getattr(HistoryBuffer, 'min')``; the weights-only unpickler still refuses to *call*
+    anything that is not allow-listed, so this only fetches attributes of allowed classes.
+    """
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer] + _numpy_types()
+    return [HistoryBuffer, getattr] + _numpy_types()
 
 
 def allow_mmengine_checkpoint_types():
