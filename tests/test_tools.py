@@ -6,6 +6,7 @@ ImageNet-layout folder written to disk.
 import glob
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,12 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 randomness = dict(seed=0)
 """
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
 
 
 def run_tool(args, cwd=ROOT, env=None, timeout=600):
@@ -123,7 +130,7 @@ def test_dist_train_two_cpu_processes(imagenet, deit_config, tmp_path):
     work_dir = str(tmp_path / 'dist')
     cmd = ['bash', osp.join(ROOT, 'tools/dist_train.sh'), deit_config, '2', '--work-dir',
            work_dir, '--cfg-options', *datagen.tiny_cls_options(imagenet, batch_size=2)]
-    result = run_tool(cmd, env={'PORT': '29611', 'PYTHON': PY})
+    result = run_tool(cmd, env={'PORT': free_port(), 'PYTHON': PY})
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     log = read_log(work_dir)
     assert 'Distributed training: True' in log

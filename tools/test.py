@@ -4,11 +4,10 @@
     tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
+from mmtlalign.utils import launch
 
 
 def parse_args(argv=None):
@@ -17,22 +16,12 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='directory for the evaluation log and metrics')
     parser.add_argument('--out', help='also dump the raw predictions to this pickle file')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config keys, e.g. test_dataloader.dataset.data_root=data/imagenet')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    launch.add_common_args(parser)
+    return launch.parse_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import mmtlalign  # noqa: F401
-    from mmtlalign.utils import launch
 
     try:
         cfg = launch.load_config(args.config, args.cfg_options)

@@ -5,10 +5,9 @@
     tools/dist_train.sh CONFIG GPUS [args]          # torchrun, one node or NNODES nodes
 """
 import argparse
-import os
 import sys
 
-from mmengine.config import DictAction
+from mmtlalign.utils import launch
 
 
 def parse_args(argv=None):
@@ -23,23 +22,12 @@ def parse_args(argv=None):
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the learning rate by actual/base batch size (auto_scale_lr.base_batch_size)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config keys, e.g. train_dataloader.batch_size=32 '
-        'model.head.num_classes=10')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher (tools/dist_train.sh and tools/slurm_train.sh set it)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    launch.add_common_args(parser)
+    return launch.parse_args(parser, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import mmtlalign  # noqa: F401  (registers components, allow-lists checkpoint types)
-    from mmtlalign.utils import launch
 
     try:
         cfg = launch.load_config(args.config, args.cfg_options)

@@ -8,8 +8,26 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported)
+from mmengine.config import Config, DictAction
 from mmengine.runner import find_latest_checkpoint
+
+
+def add_common_args(parser):
+    """--cfg-options and launcher arguments shared by tools/train.py and tools/test.py."""
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config keys, e.g. train_dataloader.batch_size=32 '
+        'model.head.num_classes=10 test_dataloader.dataset.data_root=data/imagenet')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher (tools/dist_*.sh and tools/slurm_*.sh set it)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 class UserInputError(Exception):
