@@ -1,7 +1,9 @@
 from .classifier import TLAlignClassifier
 from .mixing import MixedBatch, TLAlignMix
+from .swin import AlignedSwinTransformer
 from .vit import AlignedVisionTransformer
 
 __all__ = [
-    'AlignedVisionTransformer', 'MixedBatch', 'TLAlignClassifier', 'TLAlignMix'
+    'AlignedSwinTransformer', 'AlignedVisionTransformer', 'MixedBatch', 'TLAlignClassifier',
+    'TLAlignMix'
 ]
