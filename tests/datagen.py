@@ -63,3 +63,87 @@ def tiny_cls_options(data_root, num_classes=4, batch_size=4, epochs=1, img_size=
         'default_hooks.logger.interval=1',
         'val_evaluator.topk=1', 'test_evaluator.topk=1',
     ]
+
+
+def _scene(rng, size, num_classes, num_shapes):
+    """A (h, w, 3) image and (h, w) label map of a few coloured rectangles on a background.
+
+    Labels run from 1 to ``num_classes`` (0 is the background / "other")."""
+    h, w = size
+    label = np.zeros((h, w), np.uint8)
+    boxes = []
+    for _ in range(num_shapes):
+        cls = int(rng.integers(1, num_classes + 1))
+        bw, bh = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+        x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        label[y0:y0 + bh, x0:x0 + bw] = cls
+        boxes.append((cls, x0, y0, bw, bh))
+    colours = np.array([[(c * 67) % 256, (c * 131) % 256, (c * 197) % 256]
+                        for c in range(num_classes + 1)], np.float32)
+    img = colours[label] + rng.normal(0, 20, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), label, boxes
+
+
+def make_ade20k(root, num_train=4, num_val=2, size=(64, 96), num_classes=150, seed=0):
+    """ADE20K layout (ADEChallengeData2016): ``images/{training,validation}/*.jpg`` and
+    ``annotations/{training,validation}/*.png`` (uint8 labels, 0 = other, 1..150 = classes,
+    as mmseg's ``ADE20KDataset`` with ``reduce_zero_label=True`` reads them). Returns root."""
+    rng = np.random.default_rng(seed)
+    for split, tag, count in (('training', 'train', num_train), ('validation', 'val', num_val)):
+        os.makedirs(osp.join(root, 'images', split), exist_ok=True)
+        os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
+        for i in range(count):
+            img, label, _ = _scene(rng, size, min(num_classes, 8), num_shapes=3)
+            name = f'ADE_{tag}_{i + 1:08d}'
+            Image.fromarray(img).save(osp.join(root, 'images', split, name + '.jpg'))
+            Image.fromarray(label, mode='L').save(
+                osp.join(root, 'annotations', split, name + '.png'))
+    return root
+
+
+# The 80 COCO class names in mmdet's CocoDataset order; the json's category ids are 1..80.
+COCO_CLASSES = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
+    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
+    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
+    'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
+    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle',
+    'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich',
+    'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
+    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote',
+    'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
+    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush')
+
+
+def make_coco(root, num_train=4, num_val=2, size=(96, 128), num_used_classes=4, seed=0):
+    """COCO layout: ``{train2017,val2017}/*.jpg`` and
+    ``annotations/instances_{train2017,val2017}.json`` with all 80 categories, and per object
+    a box (``bbox`` x, y, w, h) and a polygon (``segmentation``: a rectangle with a corner
+    cut off, so masks differ from boxes). Returns root (with a trailing slash, as mmdet's
+    configs join paths by string concatenation)."""
+    import json
+    rng = np.random.default_rng(seed)
+    root = root.rstrip('/') + '/'
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    categories = [dict(id=i + 1, name=n, supercategory='thing')
+                  for i, n in enumerate(COCO_CLASSES)]
+    ann_id = 1
+    for split, count in (('train2017', num_train), ('val2017', num_val)):
+        os.makedirs(osp.join(root, split), exist_ok=True)
+        images, anns = [], []
+        for i in range(count):
+            img_id = len(images) + 1
+            img, _, boxes = _scene(rng, size, num_used_classes, num_shapes=2)
+            name = f'{img_id + (0 if split == "train2017" else 1000):012d}.jpg'
+            Image.fromarray(img).save(osp.join(root, split, name))
+            images.append(dict(id=img_id, file_name=name, height=size[0], width=size[1]))
+            for cls, x, y, bw, bh in boxes:
+                cut = min(bw, bh) // 3
+                poly = [x, y, x + bw, y, x + bw, y + bh - cut, x + bw - cut, y + bh, x, y + bh]
+                anns.append(dict(id=ann_id, image_id=img_id, category_id=cls,
+                                 bbox=[x, y, bw, bh], area=float(bw * bh - cut * cut / 2),
+                                 segmentation=[[float(v) for v in poly]], iscrowd=0))
+                ann_id += 1
+        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
+            json.dump(dict(images=images, annotations=anns, categories=categories), f)
+    return root
