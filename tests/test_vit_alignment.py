@@ -288,3 +288,18 @@ def test_error_mismatched_num_classes():
 def test_error_double_mixing_with_inherited_batch_augments():
     with pytest.raises(ValueError, match='set `model.train_cfg=None`'):
         tiny_classifier(train_cfg=dict(augments=[dict(type='CutMix', alpha=1.0)]))
+
+
+def test_training_gradients_are_the_parents_bit_for_bit():
+    """forward_aligned changes nothing for the features, backward included."""
+    parent, aligned = make_pair('deit-tiny', 'cls_token')
+    parent.train()
+    aligned.train()
+    x = torch.randn(2, 3, 224, 224)
+    torch.manual_seed(1)
+    parent(x)[-1].square().sum().backward()
+    torch.manual_seed(1)
+    outs, _ = aligned.forward_aligned(x, grid_share(2, (14, 14), 0))
+    outs[-1].square().sum().backward()
+    for (name, p), a in zip(parent.named_parameters(), aligned.parameters()):
+        assert torch.equal(p.grad, a.grad), name

@@ -106,12 +106,13 @@ def attend_share_masked(attn, share, valid):
 def attention_with_share(q, k, v, share, dropout_p=0.):
     """Fused attention (``F.scaled_dot_product_attention``) and ``A_mean @ s`` in one call.
 
-    The share rides along as an extra value channel. CPU/GPU fused kernels require q, k and v
-    to have one head dim, so q and k get :data:`SHARE_CHANNELS` zero channels (their dot
-    products, and so the attention, are unchanged; the softmax scale is passed explicitly)
-    and v gets the share plus zeros. The feature channels of the result are bit-identical to
-    ``F.scaled_dot_product_attention(q, k, v)`` on the kernels we tested (checked by the test
-    suite), and no (B, heads, N, N) tensor is materialised.
+    The share rides along as an extra value channel. Fused kernels require q, k and v to have
+    one head dim, so q and k get :data:`SHARE_CHANNELS` zero channels (their dot products, and
+    so the attention, are unchanged; the softmax scale is passed explicitly) and v gets the
+    share plus zeros. The feature channels are bit-identical to the plain call (checked by the
+    tests) and no (B, heads, N, N) tensor is materialised. On CPU the backward pass is the plain
+    call's own flash backward on the unpadded q, k, v (see :class:`_CPUAttentionWithShare`),
+    so training costs what upstream costs plus the wider forward.
 
     Args:
         q, k, v (Tensor): (B, heads, N, D).
@@ -120,11 +121,10 @@ def attention_with_share(q, k, v, share, dropout_p=0.):
             dropout the share is computed by a separate gradient-free call.
 
     Returns:
-        tuple[Tensor, Tensor]: features (B, heads, N, D), exactly as the plain call
-        would give, and ``A_mean @ s`` (B, N), detached.
+        tuple[Tensor, Tensor]: features (B, heads, N, D), exactly as the plain call gives them,
+        and ``A_mean @ s`` (B, N), detached.
     """
     B, heads, N, D = q.shape
-    scale = D**-0.5
     if dropout_p > 0:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         with torch.no_grad():
@@ -133,12 +133,51 @@ def attention_with_share(q, k, v, share, dropout_p=0.):
         return out, attended.to(share.dtype)
     pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
     share_v = torch.cat([share[:, None, :, None].to(v.dtype).expand(B, heads, N, 1),
-                         pad[..., 1:]], dim=-1)
-    out = F.scaled_dot_product_attention(
-        torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
-        torch.cat([v, share_v.detach()], dim=-1), scale=scale)
-    attended = out[..., D].detach().mean(dim=1)
-    return out[..., :D], attended.to(share.dtype)
+                         pad[..., 1:]], dim=-1).detach()
+    if q.device.type == 'cpu' and _CPUAttentionWithShare.available():
+        out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v)
+    else:
+        out = F.scaled_dot_product_attention(
+            torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
+            torch.cat([v, share_v], dim=-1), scale=D**-0.5)
+        out, attended = out[..., :D], out[..., D].detach()
+    return out, attended.mean(dim=1).to(share.dtype)
+
+
+class _CPUAttentionWithShare(torch.autograd.Function):
+    """CPU flash attention on zero-padded q, k and share-carrying v, whose backward is the
+    unpadded call's.
+
+    The padded forward's log-sum-exp equals the unpadded one (q.k is unchanged), so the plain
+    flash backward, given the unpadded q, k, v and the feature slice of the output, returns
+    exactly upstream's gradients; autograd keeps no padded copies of q, k, v.
+    """
+
+    @staticmethod
+    def available():
+        return hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward')
+
+    @staticmethod
+    def forward(ctx, q, k, v, pad, share_v):
+        D = q.shape[-1]
+        ctx.scale = D**-0.5
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
+            torch.cat([v, share_v], dim=-1), scale=ctx.scale)
+        # features in the memory layout the plain kernel returns, (B, N, heads, D), so that the
+        # attention module's transpose+reshape is a view and autograd keeps one copy, as upstream
+        feats = out[..., :D].transpose(1, 2).contiguous().transpose(1, 2)
+        attended = out[..., D].clone()
+        ctx.save_for_backward(q, k, v, feats, lse)
+        ctx.mark_non_differentiable(attended)
+        return feats, attended
+
+    @staticmethod
+    def backward(ctx, grad_feats, grad_share):
+        q, k, v, feats, lse = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_feats, q, k, v, feats, lse, 0.0, False, scale=ctx.scale)
+        return (*grads, None, None)
 
 
 def merge_share_2x2(share_map, valid=None):

@@ -8,7 +8,8 @@ Variants (same backbone weights, same batch):
                and (B, N, K) label vectors propagated with it
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
-interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy.
+interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
+a CPU shared with other work the process CPU time is the steadier of the two clocks.
 Memory is the bytes autograd saves for backward during the step (unique storages; exact and
 repeatable on CPU), plus the CUDA peak on a GPU.
 
@@ -158,6 +159,7 @@ def main():
     memory = {v: saved_bytes(models[v], optims[v], data) for v in variants}  # also warms up
     peak = {}
     times = {v: [] for v in variants}
+    cpu_times = {v: [] for v in variants}
     print(f'{args.model}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, '
           f'{args.reps} interleaved repetitions')
     for rep in range(args.reps):
@@ -166,29 +168,33 @@ def main():
             if device.type == 'cuda':
                 torch.cuda.reset_peak_memory_stats()
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             train_step(models[v], optims[v], data)
             sync(device)
             times[v].append(time.perf_counter() - t0)
+            cpu_times[v].append(time.process_time() - c0)
             if device.type == 'cuda':
                 peak[v] = torch.cuda.max_memory_allocated()
         print(f'  rep {rep + 1}/{args.reps}: ' +
               '  '.join(f'{v} {times[v][-1] * 1e3:.0f} ms' for v in variants), flush=True)
 
     med = {v: statistics.median(t) for v, t in times.items()}
+    cpu = {v: statistics.median(t) for v, t in cpu_times.items()}
     names = {'a': 'upstream mmpretrain + CutMix', 'b': 'TL-Align (ours, share form)',
              'c': 'TL-Align K-dim, explicit attn'}
-    print(f'\n{"variant":34s} {"step ms":>9s} {"x a":>7s} {"saved MiB":>10s} {"x a":>7s}' +
+    print(f'\n{"variant":34s} {"step ms":>9s} {"x a":>7s} {"CPU ms":>9s} {"x a":>7s} '
+          f'{"saved MiB":>10s} {"x a":>7s}' +
           (f' {"CUDA peak MiB":>14s} {"x a":>7s}' if peak else ''))
     for v in variants:
         row = (f'{v}  {names[v]:31s} {med[v] * 1e3:9.1f} {med[v] / med["a"]:7.3f} '
+               f'{cpu[v] * 1e3:9.1f} {cpu[v] / cpu["a"]:7.3f} '
                f'{memory[v] / 2**20:10.1f} {memory[v] / memory["a"]:7.3f}')
         if peak:
             row += f' {peak[v] / 2**20:14.1f} {peak[v] / peak["a"]:7.3f}'
         print(row)
     for v in variants[1:]:
-        print(f'ratio {v}/a: time {med[v] / med["a"]:.3f}, saved memory '
-              f'{memory[v] / memory["a"]:.3f}')
+        print(f'ratio {v}/a: wall time {med[v] / med["a"]:.3f}, CPU time '
+              f'{cpu[v] / cpu["a"]:.3f}, saved memory {memory[v] / memory["a"]:.3f}')
 
 
 if __name__ == '__main__':
