@@ -39,8 +39,10 @@ def main(argv=None):
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
-    return metrics
+    try:
+        return runner.test()
+    except launch.UserInputError as e:
+        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -52,7 +52,10 @@ def main(argv=None):
         sys.exit(f'error: {e}')
 
     runner = launch.build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except launch.UserInputError as e:  # raised by mmtlalign hooks before/while training
+        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
