@@ -22,3 +22,16 @@ param_scheduler = [
 
 # lr 1e-3 is for 1024 images per step; --auto-scale-lr rescales it for other batch sizes.
 auto_scale_lr = dict(base_batch_size=1024)
+
+# Reliability for long runs (mmtlalign.engine): checkpoints written atomically (a process killed
+# while saving leaves the previous checkpoint and last_checkpoint valid); every checkpoint holds
+# the random state (global generators, TL-Align mixer, per process) and --resume restores it at
+# the right point of the data stream; a NaN/Inf loss stops the run without saving its weights;
+# missing/truncated/corrupt images and empty class folders are named before or when met
+# (DataCheckHook(on_error='skip') logs and skips them instead).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='NonFiniteLossHook'),
+    dict(type='DataCheckHook', on_error='raise'),
+]

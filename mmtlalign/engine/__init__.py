@@ -1,0 +1,15 @@
+"""Reliability for long runs: exact resume, atomic checkpoints, non-finite loss, bad data.
+
+Importing registers, in mmengine's root registries (so every scope finds them):
+hooks ``ExactResumeHook``, ``AtomicCheckpointHook``, ``NonFiniteLossHook``, ``DataCheckHook``;
+the transform ``CheckedLoadImageFromFile``; the file backend ``atomic_local``.
+"""
+from .checkpoint import AtomicCheckpointHook, AtomicLocalBackend, atomic_write
+from .data_checks import CheckedLoadImageFromFile, DataCheckHook, DataError
+from .nonfinite import NonFiniteLossError, NonFiniteLossHook
+from .resume import ExactResumeHook
+
+__all__ = [
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write', 'CheckedLoadImageFromFile',
+    'DataCheckHook', 'DataError', 'ExactResumeHook', 'NonFiniteLossError', 'NonFiniteLossHook'
+]
