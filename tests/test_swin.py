@@ -351,9 +351,17 @@ def test_configs_follow_mmpretrain_swin_recipes(path):
         upstream.model.head.in_channels)
     assert (model.mix.cutmix_alpha, model.mix.mixup_alpha, model.mix.switch_prob) == (1.0, 0.8, 0.5)
     for key in ('optim_wrapper', 'param_scheduler', 'train_cfg', 'train_dataloader',
-                'auto_scale_lr', 'default_hooks'):
+                'auto_scale_lr'):
         assert unscoped(cfg[key]) == unscoped(upstream[key]), key
-    assert cfg.get('custom_hooks') == upstream.get('custom_hooks')  # no EMA in either
+    # upstream's hooks, with mmtlalign's atomic checkpointing and reliability hooks on top
+    hooks = unscoped(cfg.default_hooks)
+    assert hooks.pop('checkpoint')['type'] == 'AtomicCheckpointHook'
+    expected = unscoped(upstream.default_hooks)
+    expected.pop('checkpoint')
+    assert hooks == expected
+    assert [h.type for h in cfg.custom_hooks] == [
+        'ExactResumeHook', 'NonFiniteLossHook', 'DataCheckHook']  # and no EMA, as upstream
+    assert not upstream.get('custom_hooks')
 
 
 @pytest.mark.slow

@@ -20,3 +20,12 @@ model = dict(
         switch_prob=0.5,
         prob=1.0,
         mode='batch'))
+
+# Reliability for long runs, as in deit-s_8xb128_cutmix.py: atomic checkpoints, exact resume
+# (random and mixer state per process), stop on a non-finite loss, bad-data checks.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='NonFiniteLossHook'),
+    dict(type='DataCheckHook', on_error='raise'),
+]
