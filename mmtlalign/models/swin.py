@@ -31,6 +31,7 @@ from mmpretrain.models import SwinTransformer
 from mmpretrain.registry import MODELS
 
 from . import alignment
+from .tracing import ShareTracingMixin
 
 
 def effective_shift(msa, hw_shape):
@@ -138,7 +139,7 @@ class SwinShareTracer:
 
 
 @MODELS.register_module()
-class AlignedSwinTransformer(SwinTransformer):
+class AlignedSwinTransformer(ShareTracingMixin, SwinTransformer):
     """mmpretrain's :class:`SwinTransformer` plus training-time token-label alignment.
 
     Same constructor, ``state_dict`` keys, checkpoint conversion and ``forward`` as the parent
@@ -154,9 +155,7 @@ class AlignedSwinTransformer(SwinTransformer):
 
     def __init__(self, *args, residual_weight=0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0 <= residual_weight <= 1:
-            raise ValueError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
-        self.residual_weight = residual_weight
+        self.residual_weight = self.check_residual_weight(residual_weight)
         for i, stage in enumerate(self.stages):
             self._check_stage(i, stage)
 
@@ -175,32 +174,11 @@ class AlignedSwinTransformer(SwinTransformer):
                              '(kernel_size=2, stride=2, padding="corner"), not the '
                              'downsample_cfg given in stage_cfgs.')
 
-    @property
-    def patch_size(self):
-        """(ph, pw) pixels per stage-1 token."""
-        return tuple(self.patch_embed.projection.stride)
-
-    def forward_aligned(self, x, token_share):
-        """Forward and trace the partner share of the output.
-
-        Args:
-            x (Tensor): (B, C, H, W) mixed images; H, W multiples of the patch size.
-            token_share (Tensor): (B, H/ph * W/pw) partner share of each stage-1 token,
-                row-major.
-
-        Returns:
-            tuple: ``outs``, exactly as :meth:`forward` returns them, and the partner share
-            (B,) of the last output: the mean over its tokens, what global average pooling
-            feeds the head.
-        """
-        tracer = self.trace_shares(x, token_share)
-        return tracer.outs, self.output_share(tracer)
-
     def trace_shares(self, x, token_share):
         """Run :meth:`forward` with a :class:`SwinShareTracer`: ``tracer.outs`` the outputs,
         ``tracer.history`` (B, H_i * W_i) shares after each block, ``tracer.grids`` their
         (H_i, W_i)."""
-        grid = self._check_share(x, token_share)
+        grid = self.token_grid(x, token_share)
         tracer = SwinShareTracer(token_share.float().reshape(-1, *grid), self.residual_weight)
         with self._hooked(tracer):
             tracer.outs = self.forward(x)
@@ -217,19 +195,6 @@ class AlignedSwinTransformer(SwinTransformer):
     def share_maps(self, tracer):
         """Per-block shares as (B, H_i, W_i) maps on each stage's token grid."""
         return [share.view(-1, *grid) for share, grid in zip(tracer.history, tracer.grids)]
-
-    def _check_share(self, x, token_share):
-        B, _, H, W = x.shape
-        ph, pw = self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
-                             'resize or crop to a multiple of the patch size.')
-        grid = (H // ph, W // pw)
-        if tuple(token_share.shape) != (B, grid[0] * grid[1]):
-            raise ValueError(f'token_share must have shape {(B, grid[0] * grid[1])} (batch, '
-                             f'stage-1 tokens of a {grid[0]}x{grid[1]} grid), got '
-                             f'{tuple(token_share.shape)}.')
-        return grid
 
     @contextmanager
     def _hooked(self, tracer):

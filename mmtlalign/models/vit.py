@@ -7,6 +7,7 @@ from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
 
 from . import alignment
+from .tracing import ShareTracingMixin
 
 
 class ShareTracer:
@@ -35,7 +36,7 @@ class ShareTracer:
 
 
 @MODELS.register_module()
-class AlignedVisionTransformer(VisionTransformer):
+class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
     """mmpretrain's :class:`VisionTransformer` plus training-time token-label alignment.
 
     Same constructor, ``state_dict`` keys and ``forward`` as the parent (inference is
@@ -48,9 +49,7 @@ class AlignedVisionTransformer(VisionTransformer):
 
     def __init__(self, *args, residual_weight=0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0 <= residual_weight <= 1:
-            raise ValueError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
-        self.residual_weight = residual_weight
+        self.residual_weight = self.check_residual_weight(residual_weight)
         for i, layer in enumerate(self.layers):
             if layer.attn.scaled_dot_product_attention is not F.scaled_dot_product_attention:
                 raise ValueError(
@@ -58,39 +57,20 @@ class AlignedVisionTransformer(VisionTransformer):
                     '`qk_scale` set in layer_cfgs?). mmpretrain\'s python fallback scales by '
                     'the inverse factor; leave qk_scale unset.')
 
-    @property
-    def patch_size(self):
-        """(ph, pw) pixels per patch token."""
-        return tuple(self.patch_embed.projection.stride)
-
-    def forward_aligned(self, x, token_share):
-        """Forward and trace the partner share of the output.
-
-        Args:
-            x (Tensor): (B, C, H, W) mixed images; H, W multiples of the patch size.
-            token_share (Tensor): (B, H/ph * W/pw) partner share of each patch, row-major.
-
-        Returns:
-            tuple: ``outs``, exactly as :meth:`forward` returns them, and the partner share
-            (B,) of the output the head consumes: the class token's for
-            ``out_type='cls_token'``, the mean over patch tokens for ``'avg_featmap'``.
-        """
-        tracer = self.trace_shares(x, token_share)
-        return tracer.outs, self.output_share(tracer)
-
     def trace_shares(self, x, token_share):
         """Run :meth:`forward` with a :class:`ShareTracer`; ``tracer.history`` holds the
         (B, N_tokens) shares after every block and ``tracer.outs`` the outputs."""
-        self._check_share(x, token_share)
+        grid = self.token_grid(x, token_share)
         share = alignment.initial_share(token_share.float(), self.num_extra_tokens)
         tracer = ShareTracer(share, self.residual_weight)
-        tracer.grid = (x.shape[2] // self.patch_size[0], x.shape[3] // self.patch_size[1])
+        tracer.grid = grid
         with self._attention_replaced_by(tracer):
             tracer.outs = self.forward(x)
         return tracer
 
     def output_share(self, tracer):
-        """(B,) share of the output the head consumes (the last of ``out_indices``)."""
+        """(B,) share of the output the head consumes (the last of ``out_indices``): the class
+        token's for ``out_type='cls_token'``, the mean over patch tokens for ``'avg_featmap'``."""
         return self._pooled_share(tracer.history[max(self.out_indices)])
 
     def block_output_shares(self, tracer):
@@ -109,17 +89,6 @@ class AlignedVisionTransformer(VisionTransformer):
             return share[:, self.num_extra_tokens:].mean(dim=1)
         raise ValueError(f'forward_aligned needs a classification output (out_type '
                          f"'cls_token' or 'avg_featmap'), not {self.out_type!r}.")
-
-    def _check_share(self, x, token_share):
-        B, _, H, W = x.shape
-        ph, pw = self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
-                             'resize or crop to a multiple of the patch size.')
-        expected = (B, (H // ph) * (W // pw))
-        if tuple(token_share.shape) != expected:
-            raise ValueError(f'token_share must have shape {expected} (batch, patch tokens of '
-                             f'a {H // ph}x{W // pw} grid), got {tuple(token_share.shape)}.')
 
     @contextmanager
     def _attention_replaced_by(self, tracer):

@@ -1,0 +1,46 @@
+"""What the aligned backbones share: the ``forward_aligned`` entry point and input checks."""
+
+
+class ShareTracingMixin:
+    """For backbones that implement ``trace_shares(x, token_share)`` (returning a tracer with
+    ``.outs``) and ``output_share(tracer)``; mixed in before the mmpretrain parent class."""
+
+    @staticmethod
+    def check_residual_weight(residual_weight):
+        if not 0 <= residual_weight <= 1:
+            raise ValueError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
+        return residual_weight
+
+    @property
+    def patch_size(self):
+        """(ph, pw) pixels per (first-stage) token."""
+        return tuple(self.patch_embed.projection.stride)
+
+    def forward_aligned(self, x, token_share):
+        """Forward and trace the partner share of the output.
+
+        Args:
+            x (Tensor): (B, C, H, W) mixed images; H, W multiples of the patch size.
+            token_share (Tensor): (B, H/ph * W/pw) partner share of each (first-stage) patch
+                token, row-major.
+
+        Returns:
+            tuple: ``outs``, exactly as :meth:`forward` returns them, and the partner share
+            (B,) of the output the head consumes (see :meth:`output_share`).
+        """
+        tracer = self.trace_shares(x, token_share)
+        return tracer.outs, self.output_share(tracer)
+
+    def token_grid(self, x, token_share):
+        """Check the inputs of :meth:`forward_aligned`; return the (h, w) token grid."""
+        B, _, H, W = x.shape
+        ph, pw = self.patch_size
+        if H % ph or W % pw:
+            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
+                             'resize or crop to a multiple of the patch size.')
+        grid = (H // ph, W // pw)
+        if tuple(token_share.shape) != (B, grid[0] * grid[1]):
+            raise ValueError(f'token_share must have shape {(B, grid[0] * grid[1])} (batch, '
+                             f'tokens of a {grid[0]}x{grid[1]} patch grid), got '
+                             f'{tuple(token_share.shape)}.')
+        return grid
