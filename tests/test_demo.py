@@ -1,0 +1,228 @@
+"""The main job: Fashion-MNIST preparation (real idx files), the demo configs and tools/demo.py.
+
+The idx files are written here in the real format (big-endian magic number and dimensions,
+then uint8 data; gzip'd as Debian ships them) and go through the same preparation code and
+mmpretrain's own FashionMNIST reader as the real data. The demo trains both arms through
+tools/train.py (real mmengine Runner) for one epoch on a small subset.
+"""
+import gzip
+import json
+import os
+import os.path as osp
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+from PIL import Image
+
+import datagen
+from mmtlalign.datasets import fashion_mnist as fm
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'tlalign', 'demo')
+
+
+# ------------------------------------------------------------------------------------------
+# real-format idx files
+# ------------------------------------------------------------------------------------------
+def write_idx(path, array, gz=False):
+    """An idx file: magic 0x0000 08 <ndim>, the dims as big-endian uint32, then uint8 data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack('>I', 0x0800 | array.ndim) + struct.pack(f'>{array.ndim}I',
+                                                                    *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path + ('.gz' if gz else ''), 'wb') as f:
+        f.write(header + array.tobytes())
+
+
+def fake_fashion_mnist(n, seed):
+    """Learnable 28x28 images: a bright band whose row depends on the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) * 7 + seed) % 10
+    images = rng.integers(0, 60, (n, 28, 28))
+    for i, y in enumerate(labels):
+        images[i, 2 + 2 * y:5 + 2 * y, 4:24] = 200 + rng.integers(0, 55)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_fmnist(folder, n_train=40, n_test=12, gz=True):
+    """The four Fashion-MNIST idx files in ``folder``; returns the arrays written."""
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for prefix, n, seed in (('train', n_train, 0), ('t10k', n_test, 1)):
+        images, labels = fake_fashion_mnist(n, seed)
+        write_idx(osp.join(folder, f'{prefix}-images-idx3-ubyte'), images, gz)
+        write_idx(osp.join(folder, f'{prefix}-labels-idx1-ubyte'), labels, gz)
+        data[prefix] = (images, labels)
+    return data
+
+
+def build(cfg):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+    init_default_scope('mmpretrain')
+    return DATASETS.build(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# preparation
+# ------------------------------------------------------------------------------------------
+def test_prepare_reads_real_gzipped_idx_files(tmp_path):
+    src, root = str(tmp_path / 'debian'), str(tmp_path / 'cache')
+    data = write_fmnist(src, gz=True)
+    assert fm.prepare_fashion_mnist(root, source=src, use_apt=False, allow_download=False) \
+        == osp.abspath(root)
+    assert sorted(os.listdir(root)) == sorted(fm.FILES)  # uncompressed, no leftovers
+
+    for split, prefix in (('train', 'train'), ('test', 't10k')):
+        images, labels = data[prefix]
+        ds = build(dict(type='PreparedFashionMNIST', data_root=root, split=split,
+                        download=False, pipeline=[]))
+        assert len(ds) == len(labels)
+        for i in (0, len(labels) - 1):
+            info = ds.get_data_info(i)
+            np.testing.assert_array_equal(info['img'], images[i])
+            assert int(info['gt_label']) == labels[i]
+    # mmpretrain's own class reads the prepared folder unchanged (the ecosystem's path)
+    upstream = build(dict(type='FashionMNIST', data_root=root, test_mode=True, download=False,
+                          pipeline=[]))
+    np.testing.assert_array_equal(upstream.get_data_info(3)['img'], data['t10k'][0][3])
+
+    # prepared: a second call does nothing
+    before = os.path.getmtime(osp.join(root, 'train-images-idx3-ubyte'))
+    fm.prepare_fashion_mnist(root, source=src, use_apt=False, allow_download=False)
+    assert os.path.getmtime(osp.join(root, 'train-images-idx3-ubyte')) == before
+
+
+def test_prepare_from_installed_debian_package_and_subset(tmp_path):
+    deb, root = str(tmp_path / 'usr_share_datasets_fashion-mnist'), str(tmp_path / 'cache')
+    data = write_fmnist(deb, n_train=30, gz=True)
+    fm.prepare_fashion_mnist(root, debian_dir=deb, use_apt=False, allow_download=False)
+    ds = build(dict(type='PreparedFashionMNIST', data_root=root, split='train', indices=10,
+                    pipeline=[dict(type='PackInputs')]))
+    assert len(ds) == 10
+    item = ds[9]
+    assert tuple(item['inputs'].shape) == (1, 28, 28)
+    assert item['data_samples'].gt_label.item() == data['train'][1][9]
+
+
+def test_bad_idx_files_name_the_problem(tmp_path):
+    src = str(tmp_path / 'src')
+    write_fmnist(src, gz=False)
+    # a truncated image file
+    path = osp.join(src, 'train-images-idx3-ubyte')
+    with open(path, 'rb') as f:
+        raw = f.read()
+    with open(path, 'wb') as f:
+        f.write(raw[:-100])
+    with pytest.raises(fm.FashionMNISTError, match='train-images-idx3-ubyte.*truncated'):
+        fm.prepare_fashion_mnist(str(tmp_path / 'a'), source=src, use_apt=False,
+                                 allow_download=False)
+    # labels where images belong
+    with open(path, 'wb') as f:
+        f.write(open(osp.join(src, 'train-labels-idx1-ubyte'), 'rb').read())
+    with pytest.raises(fm.FashionMNISTError, match='expected an idx images file'):
+        fm.prepare_fashion_mnist(str(tmp_path / 'b'), source=src, use_apt=False,
+                                 allow_download=False)
+    # a folder without the files
+    with pytest.raises(fm.FashionMNISTError, match='does not hold the Fashion-MNIST idx'):
+        fm.prepare_fashion_mnist(str(tmp_path / 'c'), source=str(tmp_path), use_apt=False)
+
+
+def test_without_debian_packages_falls_back_to_mmpretrain_download(tmp_path, monkeypatch,
+                                                                    capfd):
+    src = str(tmp_path / 'mirror')
+    write_fmnist(src, gz=True)
+    monkeypatch.setattr(fm.shutil, 'which', lambda tool: None)  # no apt-get / dpkg-deb
+
+    def fake_download(root):  # stands in for the network; same gz files, same extraction
+        for name in fm.FILES:
+            with gzip.open(osp.join(src, name + '.gz'), 'rb') as fin, \
+                    open(osp.join(root, name), 'wb') as fout:
+                fout.write(fin.read())
+
+    monkeypatch.setattr(fm, 'download_with_mmpretrain', fake_download)
+    root = str(tmp_path / 'cache')
+    os.makedirs(root)
+    fm.prepare_fashion_mnist(root, debian_dir=str(tmp_path / 'none'))
+    err = capfd.readouterr().err
+    assert '`apt-get` is not available' in err
+    assert "falling back to mmpretrain's own download" in err
+    assert fm.is_prepared(root)
+    with pytest.raises(fm.FashionMNISTError, match='Debian package .* unavailable'):
+        fm.prepare_fashion_mnist(str(tmp_path / 'x'), debian_dir=str(tmp_path / 'none'),
+                                 allow_download=False)
+
+
+# ------------------------------------------------------------------------------------------
+# configs and the demo
+# ------------------------------------------------------------------------------------------
+def test_demo_arms_differ_only_in_align():
+    a = Config.fromfile(osp.join(DEMO, 'fmnist_vit_tlalign.py')).to_dict()
+    b = Config.fromfile(osp.join(DEMO, 'fmnist_vit_cutmix.py')).to_dict()
+    assert a['model'].pop('align') is True and b['model'].pop('align') is False
+    a['model']['backbone'].pop('residual_weight')  # the default, spelled out in the TL-Align arm
+    assert a == b
+    # inherits the main recipe
+    assert a['model']['type'] == 'TLAlignClassifier' and a['model']['train_cfg'] is None
+    assert a['optim_wrapper']['optimizer']['type'] == 'AdamW'
+    assert a['model']['head']['loss']['label_smooth_val'] == 0.1
+
+
+def run(args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_png(path, min_size=(300, 200)):
+    with Image.open(path) as im:
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
+        arr = np.asarray(im.convert('RGB'))
+    assert arr.std() > 10, f'{path} looks blank'
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 30, f'{path} has almost no content'
+
+
+@pytest.mark.slow
+def test_demo_trains_both_arms_on_fashion_mnist(tmp_path):
+    src, root, work = (str(tmp_path / n) for n in ('src', 'cache', 'work'))
+    write_fmnist(src, n_train=96, n_test=32, gz=True)
+    result = run([osp.join(ROOT, 'tools', 'demo.py'), '--epochs', '1', '--subset', '64',
+                  '--val-subset', '32', '--batch-size', '16', '--fmnist-root', root,
+                  '--fmnist-source', src, '--work-dir', work, '--analysis-batches', '1'])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert 'token fluct.' in out and 'CutMix ' in out and 'TL-Align ' in out, out
+    results = json.load(open(osp.join(work, 'results.json')))
+    for arm in ('cutmix', 'tlalign'):
+        r = results['arms'][arm]
+        assert len(r['top1']) == 1 and 0 <= r['top1'][0] <= 100
+        assert osp.isfile(r['checkpoint'])
+        assert r['analysis']['num_images'] == 32
+    assert results['arms']['tlalign']['train_token_fluctuation'] is not None
+    assert results['arms']['cutmix']['train_token_fluctuation'] == 0  # area labels
+    assert '64 training / 32 test images' in results['dataset']
+    assert_png(osp.join(work, 'curves.png'), min_size=(1000, 300))
+    assert_png(osp.join(work, 'tlalign', 'token_fluctuation', 'share_maps.png'))
+
+
+@pytest.mark.slow
+def test_demo_on_an_imagenet_layout_folder(tmp_path):
+    data = datagen.make_imagenet(str(tmp_path / 'imagenet'), num_classes=3, per_class=6,
+                                 val_per_class=2, size=40)
+    work = str(tmp_path / 'work')
+    result = run([osp.join(ROOT, 'tools', 'demo.py'), '--data', data, '--arms', 'tlalign',
+                  '--epochs', '1', '--subset', '12', '--batch-size', '6', '--img-size', '16',
+                  '--work-dir', work, '--analysis-batches', '0'])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.load(open(osp.join(work, 'results.json')))
+    assert '3 classes, 12 training / 6 validation images at 16x16' in results['dataset']
+    cfg = Config.fromfile(osp.join(work, 'tlalign', 'config.py'))
+    assert len(cfg.train_dataloader.dataset.indices) == 12
+    assert cfg.model.head.num_classes == 3 and cfg.model.align is True
+
+    bad = run([osp.join(ROOT, 'tools', 'demo.py'), '--data', str(tmp_path / 'nowhere')])
+    assert bad.returncode != 0 and 'no train/ folder' in bad.stderr
