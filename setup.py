@@ -27,7 +27,7 @@ setup(
     # mmcv 2.1.0 has no binary wheel in the registry: tools/setup_env.sh builds it with ops.
     install_requires=read_pins([
         'torch', 'torchvision', 'mmcv', 'mmengine', 'mmpretrain', 'mmdet',
-        'mmsegmentation', 'numpy', 'ftfy', 'regex'
+        'mmsegmentation', 'numpy', 'ftfy', 'regex', 'matplotlib'
     ]),
     license='Apache-2.0',
 )

@@ -7,8 +7,7 @@ mmdet's and mmseg's), and allow-lists the exact types mmengine checkpoints hold 
 """
 from .version import __version__
 from .utils.safe_load import allow_mmengine_checkpoint_types
-from . import models  # noqa: F401,E402  (registers components)
-from . import engine  # noqa: F401
+from . import datasets, engine, models  # noqa: F401  (register components)
 from .utils.registration import register_backbones_downstream
 
 allow_mmengine_checkpoint_types()

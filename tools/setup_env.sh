@@ -51,7 +51,7 @@ fetch_mmcv_source() {
 }
 
 verify_env() {
-  "$VENV/bin/python" - <<'PY'
+  "$VENV/bin/python" -W ignore - <<'PY'
 import torch, torchvision, mmcv, mmengine, mmpretrain, mmdet, mmseg  # noqa: F401
 from mmcv.ops import nms  # fails when mmcv was built without its compiled ops
 import mmdet.models, mmseg.models, mmtlalign  # noqa: F401
@@ -132,7 +132,7 @@ say "step 3/4: mmcv, mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
 "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$PINS" \
   "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
   "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
-  "ftfy==$(pin ftfy)" "regex==$(pin regex)" -r "$TEST_REQS"
+  "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" -r "$TEST_REQS"
 "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
 say "step 4/4: verifying imports and compiled ops"
