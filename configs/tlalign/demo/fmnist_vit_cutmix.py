@@ -45,31 +45,19 @@ train_pipeline = [
 ]
 test_pipeline = [dict(type='PackInputs')]
 
+# prepared on first use (Debian package, else mmpretrain's download)
+fmnist = dict(type='PreparedFashionMNIST', data_root=fmnist_root, download=True)
 train_dataloader = dict(
     batch_size=32,
     num_workers=2,
     persistent_workers=True,
-    dataset=dict(
-        _delete_=True,
-        type='PreparedFashionMNIST',
-        data_root=fmnist_root,
-        download=True,  # prepare on first use (Debian package, else mmpretrain's download)
-        split='train',
-        indices=6000,
-        pipeline=train_pipeline),
+    dataset=dict(_delete_=True, split='train', indices=6000, pipeline=train_pipeline, **fmnist),
     sampler=dict(type='DefaultSampler', shuffle=True))
 val_dataloader = dict(
     batch_size=256,
     num_workers=2,
     persistent_workers=True,
-    dataset=dict(
-        _delete_=True,
-        type='PreparedFashionMNIST',
-        data_root=fmnist_root,
-        download=True,  # prepare on first use (Debian package, else mmpretrain's download)
-        split='test',
-        indices=2000,
-        pipeline=test_pipeline),
+    dataset=dict(_delete_=True, split='test', indices=2000, pipeline=test_pipeline, **fmnist),
     sampler=dict(type='DefaultSampler', shuffle=False))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
