@@ -42,6 +42,25 @@ def make_imagenet(root, num_classes=4, per_class=4, val_per_class=2, size=64, se
     return root
 
 
+# Config text: 64x64 ImageNet pipelines, so that tiny classification runs stay fast on CPU.
+TINY_64PX_PIPELINES = """
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64, backend='pillow'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=72, edge='short', backend='pillow'),
+    dict(type='CenterCrop', crop_size=64),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+"""
+
+
 def tiny_cls_options(data_root, num_classes=4, batch_size=4, epochs=1, img_size=224):
     """--cfg-options that shrink an ImageNet classification config to a tiny run."""
     return [

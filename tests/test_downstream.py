@@ -430,23 +430,9 @@ def _ok(result):
     return result.stdout + result.stderr
 
 
-CLS_TINY = """
+CLS_TINY = datagen.TINY_64PX_PIPELINES + """
 _base_ = {base!r}
 model = dict(backbone=dict({backbone}))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, backend='pillow'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=72, edge='short', backend='pillow'),
-    dict(type='CenterCrop', crop_size=64),
-    dict(type='PackInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
 default_hooks = dict(checkpoint=dict(save_optimizer=False))
 randomness = dict(seed=0)
 """

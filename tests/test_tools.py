@@ -19,27 +19,13 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
 
 # A config that inherits mmpretrain's DeiT recipe directly, as a user would write it.
-DEIT_CONFIG = """
+DEIT_CONFIG = datagen.TINY_64PX_PIPELINES + """
 _base_ = 'mmpretrain::deit/deit-tiny_4xb256_in1k.py'
 custom_imports = dict(imports=['mmtlalign'], allow_failed_imports=False)
 model = dict(backbone=dict(img_size=64, patch_size=16,
                            arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
                                      feedforward_channels=96)),
              head=dict(in_channels=48))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, backend='pillow'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=72, edge='short', backend='pillow'),
-    dict(type='CenterCrop', crop_size=64),
-    dict(type='PackInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
 randomness = dict(seed=0)
 """
 
