@@ -106,42 +106,48 @@ def attend_share_masked(attn, share, valid):
 def attention_with_share(q, k, v, share, dropout_p=0.):
     """Fused attention (``F.scaled_dot_product_attention``) and ``A_mean @ s`` in one call.
 
-    The share rides along as an extra value channel. Fused kernels require q, k and v to have
+    The share rides along as extra value channels. Fused kernels require q, k and v to have
     one head dim, so q and k get :data:`SHARE_CHANNELS` zero channels (their dot products, and
     so the attention, are unchanged; the softmax scale is passed explicitly) and v gets the
-    share plus zeros. The feature channels are bit-identical to the plain call (checked by the
-    tests) and no (B, heads, N, N) tensor is materialised. On CPU the backward pass is the plain
-    call's own flash backward on the unpadded q, k, v (see :class:`_CPUAttentionWithShare`),
-    so training costs what upstream costs plus the wider forward.
+    share channels plus zeros. The feature channels are bit-identical to the plain call
+    (checked by the tests) and no (B, heads, N, N) tensor is materialised. On CPU the backward
+    pass is the plain call's own flash backward on the unpadded q, k, v (see
+    :class:`_CPUAttentionWithShare`), so training costs what upstream costs plus the wider
+    forward.
 
     Args:
         q, k, v (Tensor): (B, heads, N, D).
-        share (Tensor): (B, N).
+        share (Tensor): (B, N), or (B, N, C) with ``C <= SHARE_CHANNELS`` to carry several
+            per-token values at once (e.g. the share and a patch indicator).
         dropout_p (float): attention dropout. Labels are traced *before* dropout, so with
             dropout the share is computed by a separate gradient-free call.
 
     Returns:
         tuple[Tensor, Tensor]: features (B, heads, N, D), exactly as the plain call gives them,
-        and ``A_mean @ s`` (B, N), detached.
+        and ``A_mean @ s`` with the shape of ``share``, detached.
     """
     B, heads, N, D = q.shape
+    values = share if share.dim() == 3 else share[..., None]
+    C = values.shape[-1]
+    if C > SHARE_CHANNELS:
+        raise ValueError(f'at most {SHARE_CHANNELS} share channels ride along, got {C}.')
+    values = values[:, None].to(v.dtype).expand(B, heads, N, C)
     if dropout_p > 0:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         with torch.no_grad():
-            share_v = share[:, None, :, None].expand(B, heads, N, D).to(v.dtype)
-            attended = F.scaled_dot_product_attention(q, k, share_v)[..., 0].mean(dim=1)
-        return out, attended.to(share.dtype)
-    pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
-    share_v = torch.cat([share[:, None, :, None].to(v.dtype).expand(B, heads, N, 1),
-                         pad[..., 1:]], dim=-1).detach()
-    if q.device.type == 'cpu' and _CPUAttentionWithShare.available():
-        out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v)
+            attended = F.scaled_dot_product_attention(q, k, values.contiguous())
     else:
-        out = F.scaled_dot_product_attention(
-            torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
-            torch.cat([v, share_v], dim=-1), scale=D**-0.5)
-        out, attended = out[..., :D], out[..., D].detach()
-    return out, attended.mean(dim=1).to(share.dtype)
+        pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
+        share_v = torch.cat([values, pad[..., C:]], dim=-1).detach()
+        if q.device.type == 'cpu' and _CPUAttentionWithShare.available():
+            out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v, C)
+        else:
+            out = F.scaled_dot_product_attention(
+                torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
+                torch.cat([v, share_v], dim=-1), scale=D**-0.5)
+            out, attended = out[..., :D], out[..., D:D + C].detach()
+    attended = attended.mean(dim=1).to(share.dtype)
+    return out, attended if share.dim() == 3 else attended[..., 0]
 
 
 class _CPUAttentionWithShare(torch.autograd.Function):
@@ -158,7 +164,7 @@ class _CPUAttentionWithShare(torch.autograd.Function):
         return hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward')
 
     @staticmethod
-    def forward(ctx, q, k, v, pad, share_v):
+    def forward(ctx, q, k, v, pad, share_v, channels):
         D = q.shape[-1]
         ctx.scale = D**-0.5
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -167,7 +173,7 @@ class _CPUAttentionWithShare(torch.autograd.Function):
         # features in the memory layout the plain kernel returns, (B, N, heads, D), so that the
         # attention module's transpose+reshape is a view and autograd keeps one copy, as upstream
         feats = out[..., :D].transpose(1, 2).contiguous().transpose(1, 2)
-        attended = out[..., D].clone()
+        attended = out[..., D:D + channels].clone()
         ctx.save_for_backward(q, k, v, feats, lse)
         ctx.mark_non_differentiable(attended)
         return feats, attended
@@ -177,7 +183,7 @@ class _CPUAttentionWithShare(torch.autograd.Function):
         q, k, v, feats, lse = ctx.saved_tensors
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_feats, q, k, v, feats, lse, 0.0, False, scale=ctx.scale)
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def merge_share_2x2(share_map, valid=None):

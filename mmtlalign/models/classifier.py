@@ -3,6 +3,7 @@ import torch
 from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 
+from ..errors import UserInputError, UserTypeError
 from .alignment import aligned_target
 from .mixing import TLAlignMix
 
@@ -29,12 +30,12 @@ class TLAlignClassifier(ImageClassifier):
     def __init__(self, *args, mix=dict(type='TLAlignMix'), align=True, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self.data_preprocessor, 'batch_augments', None) is not None:
-            raise ValueError(
+            raise UserInputError(
                 'TLAlignClassifier mixes batches itself, but the data preprocessor also has '
                 'batch augments (model.train_cfg.augments, e.g. from an inherited DeiT config); '
                 'set `model.train_cfg=None` (or data_preprocessor.batch_augments=None).')
         if align and not hasattr(self.backbone, 'forward_aligned'):
-            raise TypeError(
+            raise UserTypeError(
                 f'TL-Align needs a backbone with forward_aligned(x, token_share); '
                 f'{type(self.backbone).__name__} has none. Use AlignedVisionTransformer or '
                 'AlignedSwinTransformer (same arguments and checkpoints as the mmpretrain '
@@ -58,7 +59,7 @@ class TLAlignClassifier(ImageClassifier):
     def _check_num_classes(self):
         loss_classes = getattr(self.head.loss_module, 'num_classes', None)
         if loss_classes is not None and loss_classes != self.num_classes:
-            raise ValueError(f'head.num_classes={self.num_classes} but head.loss.num_classes='
+            raise UserInputError(f'head.num_classes={self.num_classes} but head.loss.num_classes='
                              f'{loss_classes}; set both to the number of classes of the dataset.')
 
     def loss(self, inputs, data_samples):
@@ -74,7 +75,7 @@ class TLAlignClassifier(ImageClassifier):
         labels = torch.cat([sample.gt_label for sample in data_samples]).to(inputs.device)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise ValueError(f'label {bad} is out of range for head.num_classes='
+            raise UserInputError(f'label {bad} is out of range for head.num_classes='
                              f'{self.num_classes}; set model.head.num_classes to the number of '
                              'classes of the dataset.')
         mixed = self.mixer(inputs, self.patch_size)

@@ -6,6 +6,7 @@ import torch
 from mmengine.dist import get_rank
 from mmpretrain.registry import MODELS
 
+from ..errors import UserInputError
 from .alignment import token_share_from_mask
 
 
@@ -65,17 +66,17 @@ class TLAlignMix:
                  box_grid=None,
                  seed=None):
         if mode not in self.MODES:
-            raise ValueError(f'Unknown TLAlignMix mode {mode!r}: choose one of {self.MODES} '
+            raise UserInputError(f'Unknown TLAlignMix mode {mode!r}: choose one of {self.MODES} '
                              "('batch': one box/lambda per batch, 'elem': one per image).")
         if cutmix_alpha < 0 or mixup_alpha < 0:
-            raise ValueError('cutmix_alpha and mixup_alpha must be >= 0.')
+            raise UserInputError('cutmix_alpha and mixup_alpha must be >= 0.')
         if cutmix_alpha == 0 and mixup_alpha == 0:
-            raise ValueError('TLAlignMix needs cutmix_alpha > 0 or mixup_alpha > 0; to train '
+            raise UserInputError('TLAlignMix needs cutmix_alpha > 0 or mixup_alpha > 0; to train '
                              'without mixing use mmpretrain\'s ImageClassifier instead.')
         if not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ValueError('prob and switch_prob must lie in [0, 1].')
+            raise UserInputError('prob and switch_prob must lie in [0, 1].')
         if box_grid is not None and box_grid < 1:
-            raise ValueError(f'box_grid must be a positive number of pixels, got {box_grid}.')
+            raise UserInputError(f'box_grid must be a positive number of pixels, got {box_grid}.')
         self.cutmix_alpha = cutmix_alpha
         self.mixup_alpha = mixup_alpha
         self.prob = prob
@@ -113,7 +114,7 @@ class TLAlignMix:
         B, _, H, W = inputs.shape
         ph, pw = patch_size
         if H % ph or W % pw:
-            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}: '
+            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}: '
                              'token labels need whole patches. Resize/crop to a multiple of the '
                              'patch size in the data pipeline.')
         grid = (H // ph, W // pw)
@@ -166,7 +167,7 @@ class TLAlignMix:
         cell = self.box_grid or patch_size[0]
         cell_w = self.box_grid or patch_size[1]
         if H % cell or W % cell_w:
-            raise ValueError(f'box_grid {cell} does not divide the image size {H}x{W}.')
+            raise UserInputError(f'box_grid {cell} does not divide the image size {H}x{W}.')
         gh, gw = H // cell, W // cell_w
         ratio = np.sqrt(1 - lam)
         cut_h, cut_w = (gh * ratio).astype(int), (gw * ratio).astype(int)

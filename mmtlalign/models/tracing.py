@@ -1,4 +1,5 @@
 """What the aligned backbones share: the ``forward_aligned`` entry point and input checks."""
+from ..errors import UserInputError
 
 
 class ShareTracingMixin:
@@ -8,7 +9,7 @@ class ShareTracingMixin:
     @staticmethod
     def check_residual_weight(residual_weight):
         if not 0 <= residual_weight <= 1:
-            raise ValueError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
+            raise UserInputError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
         return residual_weight
 
     @property
@@ -36,11 +37,11 @@ class ShareTracingMixin:
         B, _, H, W = x.shape
         ph, pw = self.patch_size
         if H % ph or W % pw:
-            raise ValueError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
+            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
                              'resize or crop to a multiple of the patch size.')
         grid = (H // ph, W // pw)
         if tuple(token_share.shape) != (B, grid[0] * grid[1]):
-            raise ValueError(f'token_share must have shape {(B, grid[0] * grid[1])} (batch, '
+            raise UserInputError(f'token_share must have shape {(B, grid[0] * grid[1])} (batch, '
                              f'tokens of a {grid[0]}x{grid[1]} patch grid), got '
                              f'{tuple(token_share.shape)}.')
         return grid

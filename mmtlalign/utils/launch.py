@@ -11,6 +11,8 @@ import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import find_latest_checkpoint
 
+from mmtlalign.errors import UserInputError  # noqa: F401  (re-exported for the tools)
+
 
 def add_common_args(parser):
     """--cfg-options and launcher arguments shared by tools/train.py and tools/test.py."""
@@ -30,8 +32,6 @@ def parse_args(parser, argv=None):
     return args
 
 
-class UserInputError(Exception):
-    """Bad input from the user: printed as a one-line error by the tools."""
 
 
 def load_config(path, cfg_options=None):
