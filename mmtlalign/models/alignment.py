@@ -12,13 +12,71 @@ with row-stochastic matrices. Hence the K-dimensional label of a token is exactl
 
 ``A_mean`` is the head-averaged softmax attention taken before attention dropout, without
 gradient. LayerNorm, MLP and drop-path leave labels unchanged.
+
+**Precision.** Shares are kept and propagated in float32 whatever the autocast state (fp16 or
+bf16 mixed precision, any device): the label arithmetic below runs with autocast disabled, and
+the attention that feeds it is cast up first. Under autocast the attention itself is the
+half-precision one the features use, so a traced share differs from the float32 trace by about
+the half type's resolution, never by a crash or a clamp that rounds to zero.
 """
+import os
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
+
 #: zero channels appended to q and k so the fused kernel keeps equal head dims (see
-#: :func:`attention_with_share`); 8 keeps the SIMD-friendly alignment of the head dim.
+#: :func:`attention_with_share`); 8 keeps the SIMD-friendly alignment of the head dim, and is
+#: the value width that CUDA's memory-efficient kernel accepts in fp32 and in half precision.
 SHARE_CHANNELS = 8
+
+#: How :func:`attention_with_share` obtains ``A_mean @ s`` (see there):
+#: ``'auto'`` (CPU: ``'cpu_flash'`` when torch has it, elsewhere ``'separate'``),
+#: ``'cpu_flash'`` (CPU tensors only) or ``'separate'``. Set by the environment variable
+#: ``MMTLALIGN_SHARE_ATTENTION`` or, in code, with :func:`share_attention_impl`.
+SHARE_ATTENTION_IMPLS = ('auto', 'cpu_flash', 'separate')
+_share_attention = os.environ.get('MMTLALIGN_SHARE_ATTENTION', 'auto')
+
+
+def _check_impl(impl):
+    if impl not in SHARE_ATTENTION_IMPLS:
+        raise UserInputError(f'unknown share attention implementation {impl!r} (from '
+                             'MMTLALIGN_SHARE_ATTENTION or share_attention_impl); choose one of '
+                             f'{SHARE_ATTENTION_IMPLS}.')
+    return impl
+
+
+@contextmanager
+def share_attention_impl(impl):
+    """Use ``impl`` (one of :data:`SHARE_ATTENTION_IMPLS`) inside the ``with`` block."""
+    global _share_attention
+    previous, _share_attention = _share_attention, _check_impl(impl)
+    try:
+        yield
+    finally:
+        _share_attention = previous
+
+
+def resolve_share_attention(device_type):
+    """The implementation :func:`attention_with_share` runs for tensors on ``device_type``."""
+    impl = _check_impl(_share_attention)
+    if impl == 'auto':
+        cpu = device_type == 'cpu' and _CPUAttentionWithShare.available()
+        return 'cpu_flash' if cpu else 'separate'
+    if impl == 'cpu_flash' and device_type != 'cpu':
+        raise UserInputError(f"share attention 'cpu_flash' runs on CPU tensors only, got "
+                             f"{device_type}; use 'auto' or 'separate'.")
+    return impl
+
+
+@contextmanager
+def float32_share_math(tensor):
+    """Autocast off for the label arithmetic on ``tensor``'s device: under autocast,
+    ``einsum`` and ``matmul`` run in half precision whatever their inputs' dtype."""
+    with torch.autocast(tensor.device.type, enabled=False):
+        yield
 
 
 def token_share_from_mask(mask, grid_size):
@@ -64,8 +122,12 @@ def propagate(share, attended_share, residual_weight=0.5):
         share (Tensor): (B, N) current shares.
         attended_share (Tensor): (B, N) ``A_mean @ s``.
         residual_weight (float): r, 0.5 in the paper.
+
+    Returns:
+        Tensor: (B, N) float32.
     """
-    return torch.lerp(share, attended_share, residual_weight)
+    with float32_share_math(share):
+        return torch.lerp(share.float(), attended_share.float(), residual_weight)
 
 
 def attend_share(attn, share):
@@ -76,9 +138,10 @@ def attend_share(attn, share):
         share (Tensor): (B, N).
 
     Returns:
-        Tensor: (B, N).
+        Tensor: (B, N) float32, whatever the dtype of ``attn`` (autocast is off for it).
     """
-    return torch.einsum('bij,bj->bi', attn.detach().mean(dim=1), share)
+    with float32_share_math(share):
+        return torch.einsum('bij,bj->bi', attn.detach().float().mean(dim=1), share.float())
 
 
 def attend_share_masked(attn, share, valid):
@@ -94,59 +157,68 @@ def attend_share_masked(attn, share, valid):
         valid (Tensor): (B, N) or (1, N), 1 for real tokens, 0 for padding.
 
     Returns:
-        Tensor: (B, N); rows whose query has no valid key return 0.
+        Tensor: (B, N) float32; rows whose query has no valid key return 0.
     """
-    a = attn.detach().mean(dim=1)
-    valid = valid.to(a.dtype).expand_as(share)
-    num = torch.einsum('bij,bj->bi', a, share * valid)
-    den = torch.einsum('bij,bj->bi', a, valid)
-    return num / den.clamp_min(torch.finfo(a.dtype).tiny)
+    with float32_share_math(share):
+        # float32 throughout: the clamp's tiny would round to 0 in half precision
+        a = attn.detach().float().mean(dim=1)
+        valid = valid.float().expand_as(share)
+        num = torch.einsum('bij,bj->bi', a, share.float() * valid)
+        den = torch.einsum('bij,bj->bi', a, valid)
+        return num / den.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def attention_with_share(q, k, v, share, dropout_p=0.):
-    """Fused attention (``F.scaled_dot_product_attention``) and ``A_mean @ s`` in one call.
+    """``F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)`` and ``A_mean @ s``.
 
-    The share rides along as extra value channels. Fused kernels require q, k and v to have
-    one head dim, so q and k get :data:`SHARE_CHANNELS` zero channels (their dot products, and
-    so the attention, are unchanged; the softmax scale is passed explicitly) and v gets the
-    share channels plus zeros. The feature channels are bit-identical to the plain call
-    (checked by the tests) and no (B, heads, N, N) tensor is materialised. On CPU the backward
-    pass is the plain call's own flash backward on the unpadded q, k, v (see
-    :class:`_CPUAttentionWithShare`), so training costs what upstream costs plus the wider
-    forward.
+    Two implementations (:data:`SHARE_ATTENTION_IMPLS`, chosen by
+    :func:`resolve_share_attention`); both return upstream's features and the upstream call's
+    gradients, and never materialise a (B, heads, N, N) tensor:
+
+    - ``'cpu_flash'`` (the CPU default): one fused call. The share rides along as extra value
+      channels; fused kernels require one head dim for q, k and v, so q and k get
+      :data:`SHARE_CHANNELS` zero channels (their dot products, and so the attention, are
+      unchanged; the softmax scale is passed explicitly). Its backward is the plain call's own
+      flash backward on the unpadded q, k, v (:class:`_CPUAttentionWithShare`), so autograd
+      saves what upstream saves. Features are bit-identical to the plain call on CPU.
+    - ``'separate'`` (the default on every other device): exactly upstream's call for the
+      features (autograd saves exactly what upstream's saves), plus a gradient-free call on the
+      same q, k with the share as a narrow value (:data:`SHARE_CHANNELS` channels, so CUDA's
+      memory-efficient kernel takes it). Its extra work is one forward attention with an
+      8-wide value and no backward.
+
+    Labels are traced *before* attention dropout: with ``dropout_p > 0`` the share always
+    comes from the gradient-free call without dropout.
 
     Args:
         q, k, v (Tensor): (B, heads, N, D).
         share (Tensor): (B, N), or (B, N, C) with ``C <= SHARE_CHANNELS`` to carry several
             per-token values at once (e.g. the share and a patch indicator).
-        dropout_p (float): attention dropout. Labels are traced *before* dropout, so with
-            dropout the share is computed by a separate gradient-free call.
+        dropout_p (float): attention dropout of the features.
 
     Returns:
         tuple[Tensor, Tensor]: features (B, heads, N, D), exactly as the plain call gives them,
-        and ``A_mean @ s`` with the shape of ``share``, detached.
+        and ``A_mean @ s`` with the shape of ``share``, float32 and detached (under autocast
+        the attention is the half-precision one of the features).
     """
     B, heads, N, D = q.shape
     values = share if share.dim() == 3 else share[..., None]
     C = values.shape[-1]
     if C > SHARE_CHANNELS:
         raise ValueError(f'at most {SHARE_CHANNELS} share channels ride along, got {C}.')
-    values = values[:, None].to(v.dtype).expand(B, heads, N, C)
-    if dropout_p > 0:
+    # the kernels want one dtype for q, k, v; under autocast that is the half type
+    share_v = F.pad(values.detach()[:, None].to(q.dtype).expand(B, heads, N, C),
+                    (0, SHARE_CHANNELS - C))
+    impl = resolve_share_attention(q.device.type)
+    if dropout_p == 0 and impl == 'cpu_flash':
+        pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
+        out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v, C)
+    else:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         with torch.no_grad():
-            attended = F.scaled_dot_product_attention(q, k, values.contiguous())
-    else:
-        pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
-        share_v = torch.cat([values, pad[..., C:]], dim=-1).detach()
-        if q.device.type == 'cpu' and _CPUAttentionWithShare.available():
-            out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v, C)
-        else:
-            out = F.scaled_dot_product_attention(
-                torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
-                torch.cat([v, share_v], dim=-1), scale=D**-0.5)
-            out, attended = out[..., :D], out[..., D:D + C].detach()
-    attended = attended.mean(dim=1).to(share.dtype)
+            attended = F.scaled_dot_product_attention(q, k, share_v)[..., :C]
+    with float32_share_math(attended):
+        attended = attended.detach().float().mean(dim=1)
     return out, attended if share.dim() == 3 else attended[..., 0]
 
 
@@ -194,15 +266,16 @@ def merge_share_2x2(share_map, valid=None):
         valid (Tensor, optional): (B, H, W) 1 for real tokens. Defaults to all real.
 
     Returns:
-        Tensor: (B, ceil(H/2), ceil(W/2)).
+        Tensor: (B, ceil(H/2), ceil(W/2)) float32.
     """
-    if valid is None:
-        valid = torch.ones_like(share_map)
+    share_map = share_map.float()
+    valid = torch.ones_like(share_map) if valid is None else valid.float()
     H, W = share_map.shape[-2:]
     pad = (0, W % 2, 0, H % 2)
-    num = F.avg_pool2d(F.pad(share_map * valid, pad)[:, None], 2)[:, 0]
-    den = F.avg_pool2d(F.pad(valid.to(share_map.dtype), pad)[:, None], 2)[:, 0]
-    return num / den.clamp_min(torch.finfo(share_map.dtype).tiny)
+    with float32_share_math(share_map):
+        num = F.avg_pool2d(F.pad(share_map * valid, pad)[:, None], 2)[:, 0]
+        den = F.avg_pool2d(F.pad(valid, pad)[:, None], 2)[:, 0]
+        return num / den.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def aligned_target(labels, partner, share, num_classes):

@@ -68,8 +68,10 @@ def window_attend(share, attn, window_size, shift):
         shift (int): the block's effective cyclic shift.
 
     Returns:
-        Tensor: (B, H, W). Padded positions carry no share and do not dilute real keys.
+        Tensor: (B, H, W) float32, also under fp16/bf16 autocast. Padded positions carry no
+        share and do not dilute real keys.
     """
+    share = share.float()
     B, H, W = share.shape
     pad = (0, (-W) % window_size, 0, (-H) % window_size)
     padded = F.pad(share, pad)
@@ -77,7 +79,9 @@ def window_attend(share, attn, window_size, shift):
     if shift:
         padded = torch.roll(padded, (-shift, -shift), dims=(1, 2))
     windows = window_partition(padded, window_size)
-    attn = attn.detach().to(share.dtype)
+    # under autocast attn is half precision; the attend functions cast it to float32 with
+    # autocast off, so the share stays float32 (einsum would otherwise run in half)
+    attn = attn.detach()
     if any(pad):
         valid = F.pad(share.new_ones(1, H, W), pad)
         if shift:

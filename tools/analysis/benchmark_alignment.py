@@ -1,24 +1,32 @@
 """Cost of TL-Align: training-step time and memory against the upstream baseline, in one run.
 
-Variants (same backbone weights, same batch):
-  a  upstream: mmpretrain ImageClassifier + mmpretrain's CutMix batch augment
-  b  ours:     TLAlignClassifier + AlignedVisionTransformer / AlignedSwinTransformer
-               (one share per token, carried through the fused attention call)
-  c  K-dim:    the released code's form, ViT only: explicit softmax attention in every block
-               and (B, N, K) label vectors propagated with it
+Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
+  a      upstream: mmpretrain ImageClassifier + mmpretrain's CutMix batch augment
+  b      ours:     TLAlignClassifier + AlignedVisionTransformer / AlignedSwinTransformer
+                   (one share per token; the device's default attention path)
+  c      K-dim:    the released code's form, ViT only: explicit softmax attention in every
+                   block and (B, N, K) label vectors propagated with it
+  b-sep  ours with the attention path CUDA runs by default (the plain call + a gradient-free
+         share call), forced on any device (ViT; not run unless named in --variants)
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
 interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
 a CPU shared with other work the process CPU time is the steadier of the two clocks.
 Memory is the bytes autograd saves for backward during the step (unique storages; exact and
-repeatable on CPU), plus the CUDA peak on a GPU.
+repeatable on CPU), plus on a GPU the step's CUDA peak above what was allocated before it.
+``--amp`` runs the step under autocast (fp16 with a loss scaler, or ``--amp-dtype bfloat16``).
 
     python tools/analysis/benchmark_alignment.py --model deit-s --batch 32 --reps 10
     python tools/analysis/benchmark_alignment.py --model swin-t --batch 16
+    python tools/analysis/benchmark_alignment.py --model deit-s --device cuda --amp --batch 128
+    python tools/analysis/benchmark_alignment.py --model deit-s --variants a,b,b-sep
 """
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +76,89 @@ class KDimVisionTransformer(AlignedVisionTransformer):
         return outs, tracer.share[:, 0]  # (B, K) target of the class token
 
 
-def build(model_name, variant, num_classes):
-    from mmpretrain.registry import MODELS as REG
+def classifier_cfg(model_name, num_classes, aligned):
+    """Config of the upstream classifier (``aligned=False``) or of TL-Align's."""
     spec = MODELS[model_name]
     cfg = dict(type='ImageClassifier', backbone=dict(spec['backbone']),
                neck=spec.get('neck'), head=dict(spec['head'], num_classes=num_classes,
                                                 loss=dict(type='LabelSmoothLoss',
                                                           label_smooth_val=0.1)))
-    if variant == 'a':
+    if not aligned:
         cfg['train_cfg'] = dict(augments=[dict(type='CutMix', alpha=1.0)])
         cfg['data_preprocessor'] = dict(num_classes=num_classes)
-        return REG.build(cfg)
+        return cfg
     cfg.update(type='TLAlignClassifier', mix=dict(type='TLAlignMix', cutmix_alpha=1.0, seed=0))
     cfg['backbone']['type'] = ALIGNED[cfg['backbone']['type']]
-    model = REG.build(cfg)
-    if variant == 'c':
-        model.backbone.__class__ = KDimVisionTransformer
-        model.loss = kdim_loss.__get__(model)
+    return cfg
+
+
+def build_upstream(model_name, num_classes):
+    from mmpretrain.registry import MODELS as REG
+    return REG.build(classifier_cfg(model_name, num_classes, aligned=False))
+
+
+def build_aligned(model_name, num_classes):
+    from mmpretrain.registry import MODELS as REG
+    return REG.build(classifier_cfg(model_name, num_classes, aligned=True))
+
+
+def build_kdim(model_name, num_classes):
+    model = build_aligned(model_name, num_classes)
+    model.backbone.__class__ = KDimVisionTransformer
+    model.loss = kdim_loss.__get__(model)
     return model
+
+
+@dataclass
+class Variant:
+    """One arm of the benchmark.
+
+    Attributes:
+        label (str): the name printed in the table.
+        build (callable): ``build(model_name, num_classes) -> classifier``.
+        context (callable): ``context() -> context manager`` entered around every step of
+            this variant (e.g. a choice of attention implementation).
+        models (tuple[str] | None): the models it applies to; None: all.
+        default (bool): run when ``--variants`` is not given.
+    """
+    label: str
+    build: Callable
+    context: Callable = nullcontext
+    models: Optional[tuple] = None
+    default: bool = True
+
+
+#: The arms, by name; ``a`` is the reference every ratio is taken against. To add one, add an
+#: entry here (a build function, and a context if it only switches an implementation).
+VARIANTS = {
+    'a': Variant('upstream mmpretrain + CutMix', build_upstream),
+    'b': Variant('TL-Align (ours, share form)', build_aligned),
+    'c': Variant('TL-Align K-dim, explicit attn', build_kdim, models=('deit-t', 'deit-s')),
+    # the attention path that CUDA runs (plain call + gradient-free share call), on any device
+    'b-sep': Variant('TL-Align, separate share call', build_aligned,
+                     context=lambda: alignment.share_attention_impl('separate'),
+                     models=('deit-t', 'deit-s'), default=False),
+}
+
+
+def select_variants(arg, model_name):
+    """``--variants``: comma-separated names (``a,b,b-sep``) or single letters (``abc``);
+    default: the default variants that apply to the model. ``a`` always comes first."""
+    if arg is None:
+        names = [n for n, v in VARIANTS.items() if v.default]
+    elif ',' in arg or arg in VARIANTS:
+        names = [n.strip() for n in arg.split(',') if n.strip()]
+    else:
+        names = list(arg)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f'error: unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}.')
+    applies = [n for n in names
+               if VARIANTS[n].models is None or model_name in VARIANTS[n].models]
+    if arg is not None and applies != names:
+        bad = sorted(set(names) - set(applies))
+        raise SystemExit(f'error: variant(s) {bad} do not apply to {model_name}.')
+    return ['a'] + [n for n in applies if n != 'a']
 
 
 def kdim_loss(self, inputs, data_samples):
@@ -105,17 +178,42 @@ def make_batch(batch, num_classes, device):
                 data_samples=[DataSample().set_gt_label(i % num_classes) for i in range(batch)])
 
 
-def train_step(model, optim, data):
+class Arm:
+    """A built variant: model, optimizer, and the AMP set-up of the run."""
+
+    def __init__(self, name, model, device, amp_dtype=None, lr=1e-4):
+        self.name, self.variant, self.model = name, VARIANTS[name], model
+        self.optim = torch.optim.AdamW(model.parameters(), lr=lr)
+        self.device, self.amp_dtype = device, amp_dtype
+        # fp16 needs loss scaling (what mmengine's AmpOptimWrapper does); bf16 does not
+        self.scaler = (torch.amp.GradScaler(device.type)
+                       if amp_dtype == torch.float16 and device.type == 'cuda' else None)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def train_step(arm, data):
+    """Preprocess (mixing) + forward + loss + backward + AdamW step, as mmengine runs it."""
+    model, optim = arm.model, arm.optim
     data = model.data_preprocessor(dict(data, data_samples=[s.clone() for s in
                                                              data['data_samples']]), True)
-    losses = model(**data, mode='loss')
-    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    with arm.variant.context(), arm.autocast():
+        losses = model(**data, mode='loss')
+        loss = sum(v for k, v in losses.items() if 'loss' in k)
     optim.zero_grad(set_to_none=True)
-    loss.backward()
-    optim.step()
+    if arm.scaler is None:
+        loss.backward()
+        optim.step()
+    else:
+        arm.scaler.scale(loss).backward()
+        arm.scaler.step(optim)
+        arm.scaler.update()
 
 
-def saved_bytes(model, optim, data):
+def saved_bytes(arm, data):
     """Bytes of the unique storages autograd saves during one step."""
     seen = {}
 
@@ -126,7 +224,7 @@ def saved_bytes(model, optim, data):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        train_step(model, optim, data)
+        train_step(arm, data)
     return sum(seen.values())
 
 
@@ -135,66 +233,82 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='deit-s', choices=sorted(MODELS))
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--reps', type=int, default=8)
     parser.add_argument('--num-classes', type=int, default=1000)
-    parser.add_argument('--variants', default=None, help='e.g. "ab"; default abc (ab for Swin)')
+    parser.add_argument('--variants', default=None,
+                        help=f'comma-separated, from {sorted(VARIANTS)}, or letters ("ab"); '
+                        'default: abc for DeiT, ab for Swin')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    args = parser.parse_args()
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (autocast; fp16 with a loss scaler on CUDA)')
+    parser.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16'])
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device)
-    variants = args.variants or ('abc' if args.model.startswith('deit') else 'ab')
+    names = select_variants(args.variants, args.model)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
     torch.manual_seed(0)
-    models = {v: build(args.model, v, args.num_classes).to(device) for v in variants}
-    state = models['a'].state_dict()
-    for m in models.values():
-        m.load_state_dict(state)  # same weights everywhere
-        m.train()
-    optims = {v: torch.optim.AdamW(m.parameters(), lr=1e-4) for v, m in models.items()}
+    arms = {}
+    for name in names:
+        model = VARIANTS[name].build(args.model, args.num_classes).to(device)
+        if arms:
+            model.load_state_dict(arms['a'].model.state_dict())  # same weights everywhere
+        model.train()
+        arms[name] = Arm(name, model, device, amp_dtype)
     data = make_batch(args.batch, args.num_classes, device)
 
-    memory = {v: saved_bytes(models[v], optims[v], data) for v in variants}  # also warms up
+    memory = {v: saved_bytes(arms[v], data) for v in names}  # also warms up
     peak = {}
-    times = {v: [] for v in variants}
-    cpu_times = {v: [] for v in variants}
+    times = {v: [] for v in names}
+    cpu_times = {v: [] for v in names}
     print(f'{args.model}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, '
-          f'{args.reps} interleaved repetitions')
+          f'amp {args.amp_dtype if args.amp else "off"}, {args.reps} interleaved repetitions')
     for rep in range(args.reps):
-        order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+        order = names[rep % len(names):] + names[:rep % len(names)]
         for v in order:
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats()
             sync(device)
+            if device.type == 'cuda':
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
             t0, c0 = time.perf_counter(), time.process_time()
-            train_step(models[v], optims[v], data)
+            train_step(arms[v], data)
             sync(device)
             times[v].append(time.perf_counter() - t0)
             cpu_times[v].append(time.process_time() - c0)
-            if device.type == 'cuda':
-                peak[v] = torch.cuda.max_memory_allocated()
+            if device.type == 'cuda':  # the step's own peak, above what was held before it
+                peak[v] = max(peak.get(v, 0), torch.cuda.max_memory_allocated() - before)
         print(f'  rep {rep + 1}/{args.reps}: ' +
-              '  '.join(f'{v} {times[v][-1] * 1e3:.0f} ms' for v in variants), flush=True)
+              '  '.join(f'{v} {times[v][-1] * 1e3:.0f} ms' for v in names), flush=True)
+    report(names, times, cpu_times, memory, peak)
 
+
+def report(names, times, cpu_times, memory, peak):
     med = {v: statistics.median(t) for v, t in times.items()}
     cpu = {v: statistics.median(t) for v, t in cpu_times.items()}
-    names = {'a': 'upstream mmpretrain + CutMix', 'b': 'TL-Align (ours, share form)',
-             'c': 'TL-Align K-dim, explicit attn'}
-    print(f'\n{"variant":34s} {"step ms":>9s} {"x a":>7s} {"CPU ms":>9s} {"x a":>7s} '
+    print(f'\n{"variant":38s} {"step ms":>9s} {"x a":>7s} {"CPU ms":>9s} {"x a":>7s} '
           f'{"saved MiB":>10s} {"x a":>7s}' +
           (f' {"CUDA peak MiB":>14s} {"x a":>7s}' if peak else ''))
-    for v in variants:
-        row = (f'{v}  {names[v]:31s} {med[v] * 1e3:9.1f} {med[v] / med["a"]:7.3f} '
+    for v in names:
+        row = (f'{v:6s} {VARIANTS[v].label:31s} {med[v] * 1e3:9.1f} {med[v] / med["a"]:7.3f} '
                f'{cpu[v] * 1e3:9.1f} {cpu[v] / cpu["a"]:7.3f} '
                f'{memory[v] / 2**20:10.1f} {memory[v] / memory["a"]:7.3f}')
         if peak:
             row += f' {peak[v] / 2**20:14.1f} {peak[v] / peak["a"]:7.3f}'
         print(row)
-    for v in variants[1:]:
-        print(f'ratio {v}/a: wall time {med[v] / med["a"]:.3f}, CPU time '
-              f'{cpu[v] / cpu["a"]:.3f}, saved memory {memory[v] / memory["a"]:.3f}')
+    for v in names[1:]:
+        line = (f'ratio {v}/a: wall time {med[v] / med["a"]:.3f}, CPU time '
+                f'{cpu[v] / cpu["a"]:.3f}, saved memory {memory[v] / memory["a"]:.3f}')
+        if peak:
+            line += f', peak memory {peak[v] / peak["a"]:.3f}'
+        print(line)
 
 
 if __name__ == '__main__':
