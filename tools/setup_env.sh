@@ -3,19 +3,36 @@
 #
 # Idempotent: on a ready machine it verifies the environment and returns in seconds.
 # The slow part of a fresh set-up is compiling mmcv 2.1.0 with its ops (about 10 minutes on
-# 2 cores). The built wheel is cached outside the repo, keyed by mmcv, torch, CUDA and Python
-# versions, because pip's own wheel cache is keyed by the sdist only and would silently reuse a
-# wheel compiled against another torch.
+# 2 cores). The built wheel is cached outside the repo, keyed by mmcv, torch, CUDA (with the
+# GPU architectures it was compiled for) and Python versions, because pip's own wheel cache is
+# keyed by the sdist only and would silently reuse a wheel compiled against another torch.
+#
+# Usage: bash tools/setup_env.sh [--print-plan]
+#   --print-plan   print the decisions (torch build, GPUs, FORCE_CUDA, CUDA_HOME, architectures,
+#                  mmcv cache key) for the torch already in the venv, and exit; installs nothing.
 #
 # Environment knobs:
 #   PYTHON=python3.11          interpreter used to create .venv
+#   MMTLALIGN_VENV=DIR         the virtual environment (default: <repo>/.venv)
 #   MMTLALIGN_CACHE=~/.cache/mmtlalign   where built mmcv wheels are kept
 #   MAX_JOBS=N                 parallel compile jobs for mmcv (default: number of cores)
-#   FORCE_CUDA=1|0             build mmcv CUDA ops (default: 1 when nvcc and a GPU are present)
+#   TORCH_CUDA=cu126|cu128|cu130|cpu   install torch/torchvision (same pinned versions) from
+#                              PyTorch's index for that CUDA build, https://download.pytorch.org/whl/$TORCH_CUDA
+#                              (default: the registry's pinned pair, the CUDA 13.0 build, which
+#                              needs an NVIDIA driver >= 580 and a GPU of sm_75 or newer)
+#   TORCH_INDEX_URL=URL        the index to take torch/torchvision from instead (a mirror of it)
+#   FORCE_CUDA=1|0             build mmcv CUDA ops (default: 1 when torch sees a GPU and nvcc exists);
+#                              1 works without a visible GPU (login nodes): the architectures come
+#                              from TORCH_CUDA_ARCH_LIST or torch's own list
+#   TORCH_CUDA_ARCH_LIST="8.0;9.0"   GPU architectures for mmcv's CUDA ops (default: all that this
+#                              torch build targets); part of the wheel-cache key
+#   CUDA_HOME=DIR              the CUDA toolkit for nvcc (default: found from nvcc, torch, /usr/local/cuda);
+#                              its CUDA major version must equal torch's
+#   ALLOW_CPU_TORCH=1          continue when nvidia-smi sees GPUs that torch cannot use (CPU-only run)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${MMTLALIGN_VENV:-$ROOT/.venv}"
 PINS="$ROOT/requirements/pins.txt"
 TEST_REQS="$ROOT/requirements/tests.txt"
 CACHE="${MMTLALIGN_CACHE:-$HOME/.cache/mmtlalign}"
@@ -25,11 +42,234 @@ say() { printf '[setup_env] %s\n' "$*"; }
 die() { printf '[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
 pin() { sed -n "s/^$1==//p" "$PINS"; }
 
-# The stamp records what this environment was built from; any change to the pins or to this
-# script invalidates it.
+# The stamp records what this environment was built from; any change to the pins, to this
+# script or to the chosen torch build invalidates it.
 wanted_stamp() {
-  cat "$PINS" "$TEST_REQS" "${BASH_SOURCE[0]}" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  { cat "$PINS" "$TEST_REQS" "${BASH_SOURCE[0]}" "$ROOT/setup.py"
+    echo "${TORCH_CUDA:-}" "${TORCH_INDEX_URL:-}" "${TORCH_CUDA_ARCH_LIST:-}"; } | sha256sum | cut -d' ' -f1
 }
+
+# ---- decisions (small functions; tests/test_setup_env.py drives them with faked tools) ----
+
+# torch_spec NAME: the requirement for torch or torchvision: the pinned version, with the
+# build's local label when TORCH_CUDA names one (so an installed build of another CUDA
+# version does not satisfy it).
+torch_spec() {
+  echo "$1==$(pin "$1")${TORCH_CUDA:++$TORCH_CUDA}"
+}
+
+# torch_index_url: the index torch/torchvision come from, empty for the registry's pinned pair.
+torch_index_url() {
+  if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    echo "$TORCH_INDEX_URL"
+  elif [[ -n "${TORCH_CUDA:-}" ]]; then
+    [[ "$TORCH_CUDA" =~ ^(cu[0-9]{3,}|cpu)$ ]] \
+      || die "TORCH_CUDA=$TORCH_CUDA is not a PyTorch build name; use e.g. cu126, cu128, cu130 or cpu."
+    echo "https://download.pytorch.org/whl/$TORCH_CUDA"
+  fi
+}
+
+# probe_torch PYTHON: one line "TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME"
+# (CUDA_V, ARCH_FLAGS and TORCH_CUDA_HOME are "none" when absent; ARCH_FLAGS comma-separated).
+# The arch flags are read from the build, not from a device, so they exist without a GPU.
+probe_torch() {
+  "$1" -W ignore - 2>/dev/null <<'PY'
+import sys, torch
+flags = ''
+if torch.version.cuda:
+    get = getattr(torch._C, '_cuda_getArchFlags', None)
+    flags = (get() or '') if get else ''
+try:
+    from torch.utils.cpp_extension import CUDA_HOME as home
+except Exception:
+    home = None
+print(torch.__version__.split('+')[0], torch.version.cuda or 'none',
+      f'py{sys.version_info[0]}{sys.version_info[1]}', int(torch.cuda.is_available()),
+      ','.join(flags.split()) or 'none', home or 'none')
+PY
+}
+
+# gpu_count: GPUs the NVIDIA driver sees (0 without nvidia-smi or when it fails).
+gpu_count() {
+  command -v nvidia-smi >/dev/null || { echo 0; return; }
+  nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+}
+
+driver_version() {
+  nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' '
+}
+
+# min_driver CUDA_MAJOR: the oldest Linux driver that runs that CUDA major's builds.
+min_driver() {
+  case "$1" in
+    13) echo 580 ;; 12) echo 525 ;; 11) echo 450 ;; *) echo 0 ;;
+  esac
+}
+
+# torch_variant_for_driver DRIVER: the newest PyTorch CUDA build that driver runs.
+torch_variant_for_driver() {
+  local major=${1%%.*}
+  if (( major >= 580 )); then echo cu130
+  elif (( major >= 525 )); then echo cu126
+  elif (( major >= 450 )); then echo cu118
+  else echo none
+  fi
+}
+
+# check_gpu_visible GPUS TORCH_V CUDA_V HAS_GPU: refuse to go on on the CPU when the driver
+# sees GPUs but this torch cannot use them.
+check_gpu_visible() {
+  local gpus=$1 torch_v=$2 cuda_v=$3 has_gpu=$4
+  (( gpus > 0 )) && [[ "$has_gpu" != 1 ]] || return 0
+  [[ "${ALLOW_CPU_TORCH:-0}" == 1 ]] && { say "ALLOW_CPU_TORCH=1: ignoring the $gpus GPU(s) torch cannot use"; return 0; }
+  local driver fit hint
+  driver="$(driver_version)"
+  fit="$(torch_variant_for_driver "${driver:-0}")"
+  if [[ "$fit" == none ]]; then
+    hint="update the NVIDIA driver (>= $(min_driver "${cuda_v%%.*}") for this torch)"
+  else
+    hint="rerun with TORCH_CUDA=$fit bash tools/setup_env.sh (the torch build for this driver), or update the driver"
+  fi
+  if [[ "$cuda_v" == none ]]; then
+    die "nvidia-smi sees $gpus GPU(s) but torch $torch_v is a CPU-only build. Fix: $hint. (ALLOW_CPU_TORCH=1 continues on the CPU.)"
+  fi
+  die "nvidia-smi sees $gpus GPU(s) (driver ${driver:-unknown}) but torch $torch_v (CUDA $cuda_v) cannot use them: the CUDA ${cuda_v%%.*} build needs driver >= $(min_driver "${cuda_v%%.*}"). Fix: $hint. (ALLOW_CPU_TORCH=1 continues on the CPU.)"
+}
+
+# arch_list_from_flags "sm_75,sm_80,compute_90": "7.5;8.0;9.0+PTX" (TORCH_CUDA_ARCH_LIST form).
+arch_list_from_flags() {
+  local flag num flags out=() ptx=()
+  IFS=',' read -r -a flags <<<"$1"
+  for flag in "${flags[@]}"; do
+    num="${flag#*_}"
+    [[ "$num" =~ ^([0-9]+)([0-9])([a-z]?)$ ]] || continue
+    num="${BASH_REMATCH[1]}.${BASH_REMATCH[2]}${BASH_REMATCH[3]}"
+    if [[ "$flag" == compute_* ]]; then ptx+=("$num"); else out+=("$num"); fi
+  done
+  for num in "${ptx[@]}"; do
+    local i found=0
+    for i in "${!out[@]}"; do
+      [[ "${out[$i]}" == "$num" ]] && out[$i]="$num+PTX" && found=1
+    done
+    (( found )) || out+=("$num+PTX")
+  done
+  local IFS=';'
+  echo "${out[*]}"
+}
+
+# arch_key "7.5;8.0;9.0+PTX": "sm75-80-90ptx", the arch part of the wheel-cache key.
+arch_key() {
+  local list="${1//[ ,]/;}" a archs parts=()
+  IFS=';' read -r -a archs <<<"$list"
+  for a in "${archs[@]}"; do
+    [[ -n "$a" ]] || continue
+    a="${a//./}"
+    parts+=("${a//+PTX/ptx}")
+  done
+  local IFS='-'
+  echo "sm${parts[*]}"
+}
+
+# is_toolkit DIR: DIR holds a CUDA toolkit (bin/nvcc and the runtime headers).
+is_toolkit() {
+  [[ -x "$1/bin/nvcc" ]] && { [[ -f "$1/include/cuda_runtime.h" ]] \
+    || compgen -G "$1/targets/*/include/cuda_runtime.h" >/dev/null; }
+}
+
+# find_cuda_home TORCH_CUDA_HOME: the real toolkit: $CUDA_HOME, else the nvcc on PATH with
+# symlinks resolved, else the toolkit that nvcc reports (a wrapper script outside the toolkit
+# still names it), else torch's guess, else /usr/local/cuda. Empty when none is found.
+find_cuda_home() {
+  local torch_home="${1:-none}" nvcc real top
+  if [[ -n "${CUDA_HOME:-}" ]]; then
+    is_toolkit "$CUDA_HOME" || die "CUDA_HOME=$CUDA_HOME is not a CUDA toolkit (no bin/nvcc and include/cuda_runtime.h there); point it at one, e.g. /usr/local/cuda-12.6."
+    echo "$CUDA_HOME"; return
+  fi
+  if nvcc="$(command -v nvcc)"; then
+    real="$(readlink -f "$nvcc")"
+    if is_toolkit "$(dirname "$(dirname "$real")")"; then
+      dirname "$(dirname "$real")"; return
+    fi
+    top="$(nvcc_top "$nvcc")"
+    if [[ -n "$top" ]] && is_toolkit "$(readlink -f "$top")"; then
+      readlink -f "$top"; return
+    fi
+  fi
+  local dir
+  for dir in "$torch_home" /usr/local/cuda; do
+    if [[ "$dir" != none ]] && is_toolkit "$dir"; then echo "$dir"; return; fi
+  done
+}
+
+# nvcc_top NVCC: the toolkit directory as nvcc itself reports it (its "TOP", e.g. /usr/local/cuda/bin/..).
+nvcc_top() {
+  local tmp top
+  tmp="$(mktemp -d)"
+  : >"$tmp/x.cu"
+  top="$(cd "$tmp" && "$1" --dryrun -c x.cu -o x.o 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1 || true)"
+  rm -rf "$tmp"
+  echo "$top"
+}
+
+# nvcc_cuda_version CUDA_HOME: "12.6" from that toolkit's nvcc.
+nvcc_cuda_version() {
+  "$1/bin/nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1
+}
+
+# cuda_plan TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME: sets FORCE_CUDA, and for
+# CUDA builds CUDA_HOME, TORCH_CUDA_ARCH_LIST and NVCC_CUDA_V; sets the cache KEY. Dies with the
+# fix when the combination cannot build.
+cuda_plan() {
+  local torch_v=$1 cuda_v=$2 py_v=$3 has_gpu=$4 flags=$5 torch_home=$6 gpus
+  gpus="$(gpu_count)"
+  check_gpu_visible "$gpus" "$torch_v" "$cuda_v" "$has_gpu"
+  if [[ -z "${FORCE_CUDA:-}" ]]; then
+    FORCE_CUDA=0
+    if [[ "$has_gpu" == 1 ]]; then
+      local home
+      home="$(find_cuda_home "$torch_home")"
+      [[ -n "$home" ]] && FORCE_CUDA=1
+    fi
+  fi
+  [[ "$FORCE_CUDA" == 0 || "$FORCE_CUDA" == 1 ]] || die "FORCE_CUDA=$FORCE_CUDA: use 1 (build CUDA ops) or 0."
+  NVCC_CUDA_V=none
+  if [[ "$FORCE_CUDA" == 1 ]]; then
+    [[ "$cuda_v" != none ]] || die "FORCE_CUDA=1 but torch $torch_v is a CPU-only build; choose a CUDA build with TORCH_CUDA=cu126 (or cu128, cu130)."
+    CUDA_HOME="$(find_cuda_home "$torch_home")"
+    [[ -n "$CUDA_HOME" ]] || die "FORCE_CUDA=1 but no CUDA toolkit was found (no nvcc on PATH, CUDA_HOME unset, no /usr/local/cuda); install the CUDA $cuda_v toolkit and set CUDA_HOME=/path/to/cuda."
+    NVCC_CUDA_V="$(nvcc_cuda_version "$CUDA_HOME")"
+    [[ -n "$NVCC_CUDA_V" ]] || die "cannot read the CUDA version of $CUDA_HOME/bin/nvcc ('nvcc --version' failed)."
+    if [[ "${NVCC_CUDA_V%%.*}" != "${cuda_v%%.*}" ]]; then
+      die "nvcc in $CUDA_HOME is CUDA $NVCC_CUDA_V but torch $torch_v was built with CUDA $cuda_v; mmcv's CUDA ops need the same CUDA major. Fix: set CUDA_HOME to a CUDA ${cuda_v%%.*}.x toolkit, or install the torch build for your toolkit (TORCH_CUDA=cu$(echo "$NVCC_CUDA_V" | tr -d .) if PyTorch publishes it), or FORCE_CUDA=0 for CPU-only ops."
+    fi
+    if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+      [[ "$flags" != none ]] || die "FORCE_CUDA=1: torch $torch_v does not report its GPU architectures; set TORCH_CUDA_ARCH_LIST, e.g. \"8.0;9.0\"."
+      TORCH_CUDA_ARCH_LIST="$(arch_list_from_flags "$flags")"
+    fi
+    export CUDA_HOME TORCH_CUDA_ARCH_LIST
+    OPS="cu${cuda_v}_$(arch_key "$TORCH_CUDA_ARCH_LIST")"
+  else
+    OPS=cpuops
+  fi
+  GPUS=$gpus
+  KEY="mmcv-$(pin mmcv)_torch-${torch_v}_${OPS}_${py_v}"
+}
+
+# print_plan: one KEY=VALUE per line.
+print_plan() {
+  local url
+  url="$(torch_index_url)"
+  echo "TORCH_INDEX_URL=$url"
+  printf '%s\n' "TORCH=$1" "TORCH_CUDA_VERSION=$2" "TORCH_SEES_GPU=$4" "DRIVER_GPUS=$GPUS" \
+    "FORCE_CUDA=$FORCE_CUDA"
+  if [[ "$FORCE_CUDA" == 1 ]]; then
+    printf '%s\n' "CUDA_HOME=$CUDA_HOME" "NVCC_CUDA_VERSION=$NVCC_CUDA_V" \
+      "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+  fi
+  echo "MMCV_CACHE_KEY=$KEY"
+}
+
+# ---- the build ----
 
 # mmcv 2.1.0's setup.py hard-codes -std=c++14/17, but torch >= 2.10 headers need C++20
 # ("#error C++20 or later compatible compiler is required to use ATen"). We build the pinned,
@@ -61,81 +301,103 @@ print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {
 PY
 }
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(wanted_stamp)" ]]; then
-  if out=$(verify_env 2>&1); then
-    say "environment ready: $out"
-    exit 0
+# plan_only: --print-plan, from the torch already in the venv.
+plan_only() {
+  [[ -x "$VENV/bin/python" ]] || die "no virtual environment at $VENV yet; run bash tools/setup_env.sh once (the plan needs the installed torch)."
+  local facts
+  facts="$(probe_torch "$VENV/bin/python")" || die "torch is not installed in $VENV yet; run bash tools/setup_env.sh once."
+  read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
+  cuda_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU" "$ARCH_FLAGS" "$TORCH_CUDA_HOME"
+  print_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU"
+}
+
+main() {
+  case "${1:-}" in
+    --print-plan) plan_only; return ;;
+    '') ;;
+    *) die "unknown argument '$1'; usage: bash tools/setup_env.sh [--print-plan]" ;;
+  esac
+
+  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(wanted_stamp)" ]]; then
+    if out=$(verify_env 2>&1); then
+      say "environment ready: $out"
+      return 0
+    fi
+    say "environment at $VENV is stamped but broken; repairing:"
+    printf '%s\n' "$out" | tail -n 3
   fi
-  say "environment at $VENV is stamped but broken; repairing:"
-  printf '%s\n' "$out" | tail -n 3
+
+  PYTHON="${PYTHON:-python3}"
+  command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH; set PYTHON=/path/to/python3.11"
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 9), sys.version' \
+    || die "Python >= 3.9 is needed (OpenMMLab 2.x); set PYTHON=/path/to/python3"
+
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    say "creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+  PIP_QUIET=(-q --progress-bar off)
+
+  local index torch_from=()
+  index="$(torch_index_url)"
+  [[ -n "$index" ]] && torch_from=(--index-url "$index")
+  say "step 1/4: build tools, numpy, torch $(pin torch) + torchvision $(pin torchvision) (a matching pair, ~5 GB on first install)${index:+ from $index}"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" --upgrade pip wheel ninja "setuptools==$(pin setuptools)"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" "numpy==$(pin numpy)" "opencv-python==$(pin opencv-python)"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" "${torch_from[@]}" "$(torch_spec torch)" "$(torch_spec torchvision)"
+
+  local facts
+  facts="$(probe_torch "$VENV/bin/python")" || die "torch does not import in $VENV (see: $VENV/bin/python -c 'import torch')"
+  read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
+  cuda_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU" "$ARCH_FLAGS" "$TORCH_CUDA_HOME"
+  MMCV_V="$(pin mmcv)"
+  WHEEL_DIR="$CACHE/wheels/$KEY"
+
+  if ! compgen -G "$WHEEL_DIR/mmcv-*.whl" >/dev/null; then
+    jobs="${MAX_JOBS:-$(nproc)}"
+    log="$CACHE/logs/$KEY.log"
+    rm -rf "$WHEEL_DIR.partial"
+    mkdir -p "$WHEEL_DIR.partial" "$(dirname "$log")"
+    say "step 2/4: compiling mmcv $MMCV_V with ops ($OPS) against torch $TORCH_V, MAX_JOBS=$jobs."
+    [[ "$FORCE_CUDA" == 1 ]] && say "          CUDA_HOME=$CUDA_HOME (CUDA $NVCC_CUDA_V), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+    say "          This is the long step: about 10 minutes on 2 cores, once per (mmcv, torch, CUDA, Python)."
+    say "          Full log: $log"
+    src="$CACHE/src/mmcv-$MMCV_V"
+    fetch_mmcv_source "$src"
+    ( cd "$src" && export MAX_JOBS="$jobs" FORCE_CUDA MMCV_WITH_OPS=1 &&
+      exec "${PIP[@]}" wheel -v --no-deps --no-build-isolation --no-cache-dir \
+        -w "$WHEEL_DIR.partial" . ) >"$log" 2>&1 &
+    pid=$!
+    start=$SECONDS
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 15
+      step=$(grep -oE '^\s*\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 | tr -d ' []' || true)
+      say "          ... mmcv build running for $((SECONDS - start))s, compiled ${step:-0/?} objects"
+    done
+    wait "$pid" || { tail -n 30 "$log" >&2; die "mmcv build failed; see $log"; }
+    mv "$WHEEL_DIR.partial" "$WHEEL_DIR"  # only a finished build gets the real name
+    say "          mmcv built in $((SECONDS - start))s and cached in $WHEEL_DIR"
+  else
+    say "step 2/4: using cached mmcv wheel $WHEEL_DIR"
+  fi
+
+  say "step 3/4: mmcv, mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
+  # Pins are passed as constraints so that nothing upgrades torch, numpy or mmcv behind our back.
+  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$PINS" \
+    "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
+    "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
+    "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" -r "$TEST_REQS"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
+
+  say "step 4/4: verifying imports and compiled ops"
+  out=$(verify_env) || die "verification failed (see the traceback above)"
+  say "environment ready: $out"
+  wanted_stamp >"$STAMP"
+}
+
+# Sourced (by the tests) it only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
 fi
-
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH; set PYTHON=/path/to/python3.11"
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 9), sys.version' \
-  || die "Python >= 3.9 is needed (OpenMMLab 2.x); set PYTHON=/path/to/python3"
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating virtual environment $VENV"
-  "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-PIP_QUIET=(-q --progress-bar off)
-
-say "step 1/4: build tools, numpy, torch $(pin torch) + torchvision $(pin torchvision) (a matching pair, ~5 GB on first install)"
-"${PIP[@]}" install "${PIP_QUIET[@]}" --upgrade pip wheel ninja "setuptools==$(pin setuptools)"
-"${PIP[@]}" install "${PIP_QUIET[@]}" "numpy==$(pin numpy)" "opencv-python==$(pin opencv-python)" \
-  "torch==$(pin torch)" "torchvision==$(pin torchvision)"
-
-read -r TORCH_V CUDA_V PY_V HAS_GPU < <("$VENV/bin/python" -c '
-import sys, torch
-print(torch.__version__.split("+")[0], torch.version.cuda or "none",
-      f"py{sys.version_info[0]}{sys.version_info[1]}", int(torch.cuda.is_available()))')
-if [[ -z "${FORCE_CUDA:-}" ]]; then
-  if [[ "$HAS_GPU" == 1 ]] && command -v nvcc >/dev/null; then FORCE_CUDA=1; else FORCE_CUDA=0; fi
-fi
-OPS=$([[ "$FORCE_CUDA" == 1 ]] && echo "cu${CUDA_V}" || echo "cpuops")
-MMCV_V="$(pin mmcv)"
-KEY="mmcv-${MMCV_V}_torch-${TORCH_V}_${OPS}_${PY_V}"
-WHEEL_DIR="$CACHE/wheels/$KEY"
-
-if ! compgen -G "$WHEEL_DIR/mmcv-*.whl" >/dev/null; then
-  jobs="${MAX_JOBS:-$(nproc)}"
-  log="$CACHE/logs/$KEY.log"
-  rm -rf "$WHEEL_DIR.partial"
-  mkdir -p "$WHEEL_DIR.partial" "$(dirname "$log")"
-  say "step 2/4: compiling mmcv $MMCV_V with ops ($OPS) against torch $TORCH_V, MAX_JOBS=$jobs."
-  say "          This is the long step: about 10 minutes on 2 cores, once per (mmcv, torch, CUDA, Python)."
-  say "          Full log: $log"
-  src="$CACHE/src/mmcv-$MMCV_V"
-  fetch_mmcv_source "$src"
-  ( cd "$src" && export MAX_JOBS="$jobs" FORCE_CUDA MMCV_WITH_OPS=1 &&
-    exec "${PIP[@]}" wheel -v --no-deps --no-build-isolation --no-cache-dir \
-      -w "$WHEEL_DIR.partial" . ) >"$log" 2>&1 &
-  pid=$!
-  start=$SECONDS
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 15
-    step=$(grep -oE '^\s*\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 | tr -d ' []' || true)
-    say "          ... mmcv build running for $((SECONDS - start))s, compiled ${step:-0/?} objects"
-  done
-  wait "$pid" || { tail -n 30 "$log" >&2; die "mmcv build failed; see $log"; }
-  mv "$WHEEL_DIR.partial" "$WHEEL_DIR"  # only a finished build gets the real name
-  say "          mmcv built in $((SECONDS - start))s and cached in $WHEEL_DIR"
-else
-  say "step 2/4: using cached mmcv wheel $WHEEL_DIR"
-fi
-
-say "step 3/4: mmcv, mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
-"${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
-# Pins are passed as constraints so that nothing upgrades torch, numpy or mmcv behind our back.
-"${PIP[@]}" install "${PIP_QUIET[@]}" -c "$PINS" \
-  "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
-  "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
-  "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" -r "$TEST_REQS"
-"${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
-
-say "step 4/4: verifying imports and compiled ops"
-out=$(verify_env) || die "verification failed (see the traceback above)"
-say "environment ready: $out"
-wanted_stamp >"$STAMP"

@@ -1,0 +1,207 @@
+"""tools/setup_env.sh on GPU machines, without a GPU: its CUDA decisions (``--print-plan``, and
+the small functions it is made of) driven by faked ``nvidia-smi``, ``nvcc`` and torch builds.
+
+A fake venv python answers the script's torch probe with the torch version, CUDA version,
+GPU visibility, arch flags and CUDA_HOME given in ``FAKE_TORCH``; a fake ``nvidia-smi`` lists
+``FAKE_GPUS`` GPUs with driver ``FAKE_DRIVER``; fake CUDA toolkits hold an ``nvcc`` that
+reports its release (and its TOP under ``--dryrun``, as the real one does). PATH holds only
+the fakes and /usr/bin:/bin, so the machine's own CUDA tools are out of sight.
+"""
+import os
+import os.path as osp
+import subprocess
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SCRIPT = osp.join(ROOT, 'tools', 'setup_env.sh')
+
+
+def pin(name):
+    with open(osp.join(ROOT, 'requirements', 'pins.txt')) as f:
+        for line in f:
+            if line.startswith(f'{name}=='):
+                return line.strip().split('==')[1]
+    raise KeyError(name)
+
+
+def write_exe(path, text):
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('#!/bin/bash\n' + text)
+    os.chmod(path, 0o755)
+
+
+def make_toolkit(root, release):
+    """A fake CUDA toolkit at ``root`` whose nvcc reports ``release`` (e.g. '12.6')."""
+    write_exe(osp.join(root, 'bin', 'nvcc'), f'''
+for a in "$@"; do
+  if [[ "$a" == --dryrun ]]; then echo "#\\$ TOP={root}/bin/.."; exit 0; fi
+done
+echo "nvcc: NVIDIA (R) Cuda compiler driver"
+echo "Cuda compilation tools, release {release}, V{release}.77"
+''')
+    os.makedirs(osp.join(root, 'include'), exist_ok=True)
+    open(osp.join(root, 'include', 'cuda_runtime.h'), 'w').close()
+    return root
+
+
+@pytest.fixture
+def machine(tmp_path):
+    """Builds a fake machine; ``machine.plan(**env)`` runs ``--print-plan`` on it."""
+
+    class Machine:
+        bin = str(tmp_path / 'bin')
+        venv = str(tmp_path / 'venv')
+
+        def __init__(self):
+            os.makedirs(self.bin)
+            # the venv python answers the torch probe (stdin: the probe's source) with FAKE_TORCH
+            write_exe(osp.join(self.venv, 'bin', 'python'), 'cat >/dev/null; echo "$FAKE_TORCH"\n')
+            self.torch('13.0', gpu=False)
+
+        def torch(self, cuda, gpu, arch='sm_75,sm_80,sm_86,sm_90', home='none', version=None):
+            self.fake_torch = (f'{version or pin("torch")} {cuda} py311 {int(gpu)} '
+                               f'{arch if cuda != "none" else "none"} {home}')
+
+        def gpus(self, count, driver='550.54.15'):
+            write_exe(osp.join(self.bin, 'nvidia-smi'), f'''
+case "$1" in
+  -L) for i in $(seq 0 $(({count} - 1))); do echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-$i)"; done ;;
+  --query-gpu=driver_version) for i in $(seq 1 {count}); do echo "{driver}"; done ;;
+esac
+''')
+
+        def nvcc_on_path(self, toolkit):
+            os.symlink(osp.join(toolkit, 'bin', 'nvcc'), osp.join(self.bin, 'nvcc'))
+
+        def run(self, *args, **env):
+            full = dict(PATH=f'{self.bin}:/usr/bin:/bin', HOME=str(tmp_path),
+                        MMTLALIGN_VENV=self.venv, MMTLALIGN_CACHE=str(tmp_path / 'cache'),
+                        FAKE_TORCH=self.fake_torch)
+            full.update(env)
+            return subprocess.run(['bash', SCRIPT, *args], env=full, capture_output=True,
+                                  text=True, timeout=60)
+
+        def plan(self, **env):
+            proc = self.run('--print-plan', **env)
+            assert proc.returncode == 0, proc.stderr
+            return dict(line.split('=', 1) for line in proc.stdout.splitlines() if '=' in line)
+
+        def refused(self, **env):
+            proc = self.run('--print-plan', **env)
+            assert proc.returncode != 0, proc.stdout
+            assert proc.stderr.count('\n') == 1, proc.stderr  # one line naming the problem
+            return proc.stderr
+
+    return Machine()
+
+
+def test_cpu_machine_keeps_the_cpu_cache_key(machine):
+    plan = machine.plan()
+    assert plan['FORCE_CUDA'] == '0'
+    # exactly the key of the CPU wheels already cached (the same scheme as before CUDA support)
+    assert plan['MMCV_CACHE_KEY'] == f'mmcv-{pin("mmcv")}_torch-{pin("torch")}_cpuops_py311'
+    assert plan['TORCH_INDEX_URL'] == ''
+
+
+def test_gpus_that_torch_cannot_use_stop_with_the_driver_fix(machine):
+    machine.gpus(2, driver='550.54.15')
+    err = machine.refused()
+    assert 'nvidia-smi sees 2 GPU(s) (driver 550.54.15)' in err
+    assert 'needs driver >= 580' in err
+    assert 'TORCH_CUDA=cu126' in err
+    # a driver too old for any build: update it
+    machine.gpus(1, driver='418.40')
+    assert 'update the NVIDIA driver' in machine.refused()
+    # a CPU-only torch with GPUs present
+    machine.gpus(1, driver='580.65')
+    machine.torch('none', gpu=False)
+    err = machine.refused()
+    assert 'CPU-only build' in err and 'TORCH_CUDA=cu130' in err
+    # knowingly CPU-only
+    assert machine.plan(ALLOW_CPU_TORCH='1')['FORCE_CUDA'] == '0'
+
+
+def test_gpu_build_arch_list_cuda_home_and_cache_key(machine, tmp_path):
+    toolkit = make_toolkit(str(tmp_path / 'cuda-12.6'), '12.6')
+    machine.nvcc_on_path(toolkit)
+    machine.gpus(1)
+    machine.torch('12.6', gpu=True, arch='sm_75,sm_80,sm_86,sm_90,compute_90')
+    plan = machine.plan()
+    assert plan['FORCE_CUDA'] == '1'
+    assert plan['CUDA_HOME'] == toolkit  # resolved through the symlink on PATH
+    assert plan['NVCC_CUDA_VERSION'] == '12.6'
+    assert plan['TORCH_CUDA_ARCH_LIST'] == '7.5;8.0;8.6;9.0+PTX'
+    default_key = plan['MMCV_CACHE_KEY']
+    assert default_key == f'mmcv-{pin("mmcv")}_torch-{pin("torch")}_cu12.6_sm75-80-86-90ptx_py311'
+    # the user's list is used as given, and keys the cache apart
+    plan = machine.plan(TORCH_CUDA_ARCH_LIST='8.0 9.0')
+    assert plan['TORCH_CUDA_ARCH_LIST'] == '8.0 9.0'
+    assert plan['MMCV_CACHE_KEY'].endswith('_cu12.6_sm80-90_py311')
+    # FORCE_CUDA=0 on a GPU machine: CPU ops, the CPU key
+    assert machine.plan(FORCE_CUDA='0')['MMCV_CACHE_KEY'].endswith('_cpuops_py311')
+
+
+def test_force_cuda_without_a_visible_gpu(machine, tmp_path):
+    """A login node: no GPU, FORCE_CUDA=1; the arch list comes from the torch build (torch's
+    own detection would need a device)."""
+    machine.nvcc_on_path(make_toolkit(str(tmp_path / 'cuda-13.0'), '13.0'))
+    machine.torch('13.0', gpu=False, arch='sm_75,sm_80,sm_86,sm_90,sm_100,sm_120')
+    assert machine.plan()['FORCE_CUDA'] == '0'  # not without asking
+    plan = machine.plan(FORCE_CUDA='1')
+    assert plan['TORCH_CUDA_ARCH_LIST'] == '7.5;8.0;8.6;9.0;10.0;12.0'
+    assert plan['MMCV_CACHE_KEY'].endswith('_cu13.0_sm75-80-86-90-100-120_py311')
+    # a CPU-only torch cannot build CUDA ops
+    machine.torch('none', gpu=False)
+    assert 'CPU-only build' in machine.refused(FORCE_CUDA='1')
+
+
+def test_nvcc_major_must_match_torch(machine, tmp_path):
+    machine.nvcc_on_path(make_toolkit(str(tmp_path / 'cuda-12.6'), '12.6'))
+    machine.gpus(1, driver='580.65')
+    machine.torch('13.0', gpu=True)
+    err = machine.refused()
+    assert 'is CUDA 12.6 but torch' in err and 'built with CUDA 13.0' in err
+    assert 'TORCH_CUDA=cu126' in err
+    # an explicit CUDA_HOME wins over the nvcc on PATH
+    other = make_toolkit(str(tmp_path / 'cuda-13.0'), '13.0')
+    plan = machine.plan(CUDA_HOME=other)
+    assert plan['CUDA_HOME'] == other and plan['NVCC_CUDA_VERSION'] == '13.0'
+
+
+def test_cuda_home_from_a_wrapper_and_from_torch(machine, tmp_path):
+    toolkit = make_toolkit(str(tmp_path / 'opt' / 'cuda-12.8'), '12.8')
+    # a wrapper script outside the toolkit: nvcc itself names its TOP
+    write_exe(osp.join(machine.bin, 'nvcc'), f'exec {toolkit}/bin/nvcc "$@"\n')
+    machine.gpus(1)
+    machine.torch('12.8', gpu=True)
+    assert machine.plan()['CUDA_HOME'] == toolkit
+    # no nvcc on PATH: torch's CUDA_HOME
+    os.remove(osp.join(machine.bin, 'nvcc'))
+    machine.torch('12.8', gpu=True, home=toolkit)
+    assert machine.plan(FORCE_CUDA='1')['CUDA_HOME'] == toolkit
+    # a CUDA_HOME that is no toolkit is named
+    err = machine.refused(CUDA_HOME=str(tmp_path), FORCE_CUDA='1')
+    assert f'CUDA_HOME={tmp_path} is not a CUDA toolkit' in err
+
+
+def test_choosing_the_torch_build(machine):
+    assert machine.plan(TORCH_CUDA='cu126')['TORCH_INDEX_URL'] == \
+        'https://download.pytorch.org/whl/cu126'
+    assert machine.plan(TORCH_CUDA='cu126', TORCH_INDEX_URL='https://mirror/whl/cu126')[
+        'TORCH_INDEX_URL'] == 'https://mirror/whl/cu126'
+    assert 'TORCH_CUDA=12.6 is not a PyTorch build name' in machine.refused(TORCH_CUDA='12.6')
+    # the requirement names the build, so an installed build of another CUDA does not satisfy it
+    proc = subprocess.run(['bash', '-c', f'source {SCRIPT}; torch_spec torch; '
+                           'TORCH_CUDA=cu126 torch_spec torchvision'],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout.split() == [f'torch=={pin("torch")}',
+                                   f'torchvision=={pin("torchvision")}+cu126']
+
+
+def test_print_plan_needs_an_installed_torch(machine, tmp_path):
+    proc = machine.run('--print-plan', MMTLALIGN_VENV=str(tmp_path / 'nowhere'))
+    assert proc.returncode != 0 and 'no virtual environment at' in proc.stderr
+    proc = machine.run('--frobnicate')
+    assert proc.returncode != 0 and "unknown argument '--frobnicate'" in proc.stderr
