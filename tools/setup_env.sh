@@ -388,7 +388,8 @@ main() {
   "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$PINS" \
     "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
     "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
-    "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" -r "$TEST_REQS"
+    "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" \
+    "tensorboard==$(pin tensorboard)" -r "$TEST_REQS"
   "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
   say "step 4/4: verifying imports and compiled ops"
