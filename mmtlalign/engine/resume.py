@@ -74,7 +74,13 @@ def global_rng_state():
 
 
 def set_global_rng_state(state):
-    """Inverse of :func:`global_rng_state`."""
+    """Inverse of :func:`global_rng_state`.
+
+    Returns:
+        str | None: why the CUDA generators could not be restored exactly (the checkpoint's
+        and this process's visible GPU counts differ, or one of them has no CUDA state), for
+        the caller to log; None when everything was restored.
+    """
     random.setstate(_as_tuple(state['python']))
     np_state = state['numpy']
     np.random.set_state({
@@ -84,10 +90,34 @@ def set_global_rng_state(state):
         'gauss': np_state['gauss'],
     })
     torch.set_rng_state(state['torch'].cpu())
-    if 'cuda' in state and torch.cuda.is_available():
-        cuda_states = [s.cpu() for s in state['cuda']]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+    return _set_cuda_rng_state(state.get('cuda'))
+
+
+def _set_cuda_rng_state(saved):
+    """Restore the per-GPU generators (``torch.cuda.get_rng_state_all`` order: visible device
+    index). When the GPU counts differ, the devices both runs have get their state back (a
+    process's own device is usually one of them) and the difference is reported."""
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not saved:
+        if have and torch.cuda.is_initialized():
+            return (f'the checkpoint holds no CUDA random state (it was written without GPU '
+                    f'use) and this process uses {have} visible GPU(s): GPU random numbers '
+                    '(dropout, drop-path) after the resume differ from an uninterrupted run.')
+        return None
+    saved = [s.cpu() for s in saved]
+    if have == 0:
+        return (f'the checkpoint holds the CUDA random state of {len(saved)} GPU(s) and this '
+                'process sees none: it is not restored; GPU-side randomness cannot continue.')
+    common = min(have, len(saved))
+    if common == len(saved) == have:
+        torch.cuda.set_rng_state_all(saved)
+        return None
+    for device, gen_state in enumerate(saved[:common]):
+        torch.cuda.set_rng_state(gen_state, device)
+    return (f'the checkpoint holds the CUDA random state of {len(saved)} GPU(s) but this '
+            f'process sees {have} (CUDA_VISIBLE_DEVICES or the machine changed): restored '
+            f'GPU(s) 0-{common - 1} only, so GPU random numbers after the resume may differ '
+            'from an uninterrupted run. Resume with the same visible GPUs for an exact resume.')
 
 
 def _as_tuple(obj):
@@ -153,8 +183,8 @@ class ExactResumeHook(Hook):
     Saves per process: the ``random``/``numpy``/``torch``/CUDA generator states and the state of
     every :class:`TLAlignMix` in the model. On ``--resume`` restores them where the interrupted
     run took them (see the module docstring), skips the trained part of an interrupted epoch,
-    and warns when exactness cannot hold (different number of processes, a checkpoint without
-    the state, persistent data-loader workers in an epoch-based loop).
+    and warns when exactness cannot hold (different number of processes or of visible GPUs, a
+    checkpoint without the state, persistent data-loader workers in an epoch-based loop).
 
     Args:
         isolate_val (bool): validation does not move the training random state (it is saved
@@ -230,7 +260,7 @@ class ExactResumeHook(Hook):
 
     def after_val(self, runner):
         if self._val_snapshot is not None:
-            set_global_rng_state(self._val_snapshot)
+            set_global_rng_state(self._val_snapshot)  # same process: the GPU count is the same
             self._val_snapshot = None
 
     @staticmethod
@@ -279,7 +309,9 @@ class ExactResumeHook(Hook):
         self._warn_persistent_workers(runner, loop)
 
         def restore():
-            set_global_rng_state(state['global'])
+            problem = set_global_rng_state(state['global'])
+            if problem:
+                runner.logger.warning(f'ExactResumeHook (rank {get_rank()}): {problem}')
             print_log(f'ExactResumeHook: random state of iteration {pending["iter"]} restored.',
                       logger='current', level=logging.DEBUG)
 
