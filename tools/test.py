@@ -7,6 +7,7 @@ import argparse
 import os.path as osp
 import sys
 
+from mmtlalign.engine.precision import configure_tf32
 from mmtlalign.utils import launch
 
 
@@ -25,6 +26,7 @@ def main(argv=None):
 
     try:
         cfg = launch.load_config(args.config, args.cfg_options)
+        configure_tf32(cfg)  # TF32 on Ampere+ unless the config says tf32 = False
         if not osp.isfile(args.checkpoint):
             raise launch.UserInputError(f'checkpoint {args.checkpoint!r} does not exist.')
         cfg.launcher = args.launcher

@@ -7,6 +7,7 @@
 import argparse
 import sys
 
+from mmtlalign.engine.precision import configure_tf32
 from mmtlalign.utils import launch
 
 
@@ -31,6 +32,7 @@ def main(argv=None):
 
     try:
         cfg = launch.load_config(args.config, args.cfg_options)
+        configure_tf32(cfg)  # TF32 on Ampere+ unless the config says tf32 = False
         cfg.launcher = args.launcher
         cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
         if args.amp:
