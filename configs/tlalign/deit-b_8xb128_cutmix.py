@@ -1,5 +1,6 @@
-# Same-recipe plain-CutMix baseline for TL-Align DeiT-B (drop path 0.1 as in mmpretrain's DeiT-B).
+# DeiT-B, the released TL-Align training with plain CutMix (area-ratio) labels: the same-recipe
+# baseline of deit-b_8xb128.py (which differs only in model.align). The recipe is
+# deit-s_8xb128_cutmix.py's (the released one is the same for the three sizes).
 _base_ = './deit-s_8xb128_cutmix.py'
 
-model = dict(
-    backbone=dict(arch='deit-base', drop_path_rate=0.1), head=dict(in_channels=768))
+model = dict(backbone=dict(arch='deit-base'), head=dict(in_channels=768))

@@ -1,5 +1,6 @@
 """Batch mixing that keeps what token-label alignment needs."""
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,12 +22,38 @@ class MixedBatch:
         area_share (Tensor): (B,) partner share of the whole image (1 - lambda).
         uniform (bool): every token has its image's area share (a global Mixup batch, or no
             mix at all); attention cannot change uniform shares, so no tracing is needed.
+        mixed (Tensor): (B,) bool, True where the image really received content from another
+            image: its partner is not itself and its partner share is > 0 somewhere. Derived
+            from ``partner`` and ``token_share`` when not given.
     """
     inputs: torch.Tensor
     partner: torch.Tensor
     token_share: torch.Tensor
     area_share: torch.Tensor
     uniform: bool
+    mixed: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.mixed is None:
+            self_index = torch.arange(len(self.partner), device=self.partner.device)
+            # a token share is the mean of the pixel mask over the patch: > 0 iff some pixel
+            # of the patch came from the partner
+            self.mixed = (self.partner != self_index) & (self.token_share > 0).any(dim=1)
+
+
+def flip_partners(batch_size, device=None):
+    """(B,) partners of the released pairing: image ``i`` with image ``B - 1 - i``.
+
+    The released code (like timm's ``Mixup``) pastes ``x.flip(0)`` into ``x``. For an odd
+    batch the flip would pair the middle image with itself and leave it unmixed; the released
+    code never meets one (it asserts an even batch and drops the last incomplete one), so here
+    the middle image takes image 0 instead and every image of the batch is mixed, as in an
+    even batch. Image 0 then gives content to two images (B - 1 and the middle one).
+    """
+    partner = torch.arange(batch_size - 1, -1, -1, device=device)
+    if batch_size % 2 and batch_size > 1:
+        partner[batch_size // 2] = 0
+    return partner
 
 
 @MODELS.register_module()
@@ -50,12 +77,18 @@ class TLAlignMix:
         switch_prob (float): probability of Mixup instead of CutMix when both are enabled.
         mode (str): ``'batch'``: one lambda and box for the whole batch (the released code);
             ``'elem'``: one per image.
+        pairing (str): which image of the batch each image is mixed with.
+            ``'random'``: a random permutation (as mmpretrain's batch augments), which leaves
+            about one image per batch paired with itself, i.e. unmixed;
+            ``'flip'``: image ``i`` with image ``B - 1 - i`` (the released TL-Align code and
+            timm's ``Mixup``, which DeiT uses), never with itself (see :func:`flip_partners`).
         box_grid (int, optional): CutMix box grid in pixels. None: the backbone's patch size.
         seed (int, optional): seed of the mixer's own generator. None: drawn from numpy's
             global generator (seeded by mmengine's ``randomness``) plus the process rank, so
             that processes mix differently but reproducibly.
     """
     MODES = ('batch', 'elem')
+    PAIRINGS = ('random', 'flip')
 
     def __init__(self,
                  cutmix_alpha=1.0,
@@ -64,10 +97,15 @@ class TLAlignMix:
                  switch_prob=0.5,
                  mode='batch',
                  box_grid=None,
-                 seed=None):
+                 seed=None,
+                 pairing='random'):
         if mode not in self.MODES:
             raise UserInputError(f'Unknown TLAlignMix mode {mode!r}: choose one of {self.MODES} '
                              "('batch': one box/lambda per batch, 'elem': one per image).")
+        if pairing not in self.PAIRINGS:
+            raise UserInputError(f'Unknown TLAlignMix pairing {pairing!r}: choose one of '
+                                 f"{self.PAIRINGS} ('random': a random permutation, 'flip': "
+                                 'image i with image B-1-i as in the released code).')
         if cutmix_alpha < 0 or mixup_alpha < 0:
             raise UserInputError('cutmix_alpha and mixup_alpha must be >= 0.')
         if cutmix_alpha == 0 and mixup_alpha == 0:
@@ -84,6 +122,7 @@ class TLAlignMix:
         self.mode = mode
         self.box_grid = box_grid
         self.seed = seed
+        self.pairing = pairing
         self._rng = None
 
     # -- random state, saved in checkpoints so that resumed runs mix as uninterrupted ones --
@@ -127,7 +166,7 @@ class TLAlignMix:
         lam = np.where(use_mixup, self._beta(self.mixup_alpha, n), self._beta(self.cutmix_alpha, n))
         lam = np.where(mixed, lam, 1.0)
         box = self._box_mask(lam, use_mixup | ~mixed, H, W, patch_size)
-        partner = torch.as_tensor(self.rng.permutation(B), device=inputs.device)
+        partner = self._partners(B, inputs.device)
 
         # pixel mask: 1 where the pixel comes from the partner; for Mixup the blend weight
         blend = torch.as_tensor(np.where(use_mixup, 1 - lam, 0.0), dtype=inputs.dtype,
@@ -151,6 +190,12 @@ class TLAlignMix:
             token_share=inputs.new_zeros(B, grid[0] * grid[1]),
             area_share=inputs.new_zeros(B),
             uniform=True)
+
+    def _partners(self, B, device):
+        """(B,) index of the image each image takes content from."""
+        if self.pairing == 'flip':
+            return flip_partners(B, device)
+        return torch.as_tensor(self.rng.permutation(B), device=device)
 
     def _choose_mixup(self, n):
         if self.cutmix_alpha == 0:
