@@ -11,7 +11,6 @@
 Every source key must be used (or be a buffer that mmpretrain rebuilds); anything left over is
 an error that names it, so a silently half-converted checkpoint cannot happen.
 """
-import argparse
 import re
 from collections import OrderedDict
 
@@ -27,32 +26,26 @@ class ConversionError(ValueError):
 
 # ----------------------------------------------------------------------------- loading
 def load_checkpoint_file(path, trust=False):
-    """``torch.load`` a checkpoint on the CPU.
+    """Load a checkpoint on the CPU.
 
-    With ``weights_only=True`` (torch's safe loader) by default; the official DeiT/TL-Align
-    training checkpoints also pickle their ``argparse.Namespace``, which is allow-listed.
-    ``trust=True`` falls back to full unpickling, for files from a source you trust.
+    Weights only by default (:func:`mmtlalign.utils.safe_load.load_checkpoint_file`): tensors,
+    mmengine's message hub types, and, for the official DeiT / TL-Align training checkpoints,
+    their stored command line (an ``argparse.Namespace`` of plain values). ``trust=True``
+    unpickles fully -- which runs whatever code the file carries -- for files from a source
+    you trust whose extra objects the safe loader refuses.
     """
+    from mmtlalign.utils.safe_load import NAMESPACE_GLOBALS, CheckpointLoadError
+    from mmtlalign.utils.safe_load import load_checkpoint_file as safe_load
     if trust:
         return torch.load(path, map_location='cpu', weights_only=False)
     try:
-        from mmtlalign.utils.safe_load import allow_mmengine_checkpoint_types
-        allow_mmengine_checkpoint_types()
-    except ImportError:  # pragma: no cover - mmengine missing
-        pass
-    safe = getattr(torch.serialization, 'safe_globals', None)
-    try:
-        if safe is None:  # pragma: no cover - torch < 2.5
-            return torch.load(path, map_location='cpu', weights_only=True)
-        with safe([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # torch raises UnpicklingError and friends
-        raise ConversionError(
-            f'{path!r} holds objects that torch\'s safe loader (weights_only=True) refuses: '
-            f'{type(e).__name__}: {str(e).splitlines()[0]}. If the file comes from a source you '
-            'trust, pass --trust-checkpoint to unpickle it fully.') from e
+        return safe_load(path, map_location='cpu', extra_globals=NAMESPACE_GLOBALS)
+    except CheckpointLoadError as e:
+        hint = ''
+        if 'refuses' in str(e):
+            hint = (' If you made the file yourself with other code and trust it, '
+                    '--trust-checkpoint unpickles it fully (this runs any code it carries).')
+        raise ConversionError(f'{e}{hint}') from None
 
 
 def unwrap_state_dict(checkpoint):

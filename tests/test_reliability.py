@@ -232,8 +232,8 @@ def env(tmp_path_factory):
 
 
 def load(path):
-    import mmtlalign  # noqa: F401  (allow-lists mmengine's checkpoint types)
-    return torch.load(path, map_location='cpu', weights_only=True)
+    from mmtlalign.utils.safe_load import load_checkpoint_file
+    return load_checkpoint_file(path, map_location='cpu')
 
 
 def assert_same(a, b, where=''):

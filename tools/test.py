@@ -9,6 +9,7 @@ import sys
 
 from mmtlalign.engine.precision import configure_tf32
 from mmtlalign.utils import launch
+from mmtlalign.utils.checkpoint_fit import check_checkpoint_fits
 
 
 def parse_args(argv=None):
@@ -33,18 +34,18 @@ def main(argv=None):
         cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
         cfg.load_from = args.checkpoint
         launch.check_data_roots(cfg, ['test_dataloader'])
+        launch.check_coco_classes(cfg, ['test_dataloader'])
         launch.setup_cpu_distributed(cfg, args.launcher)
+        runner = launch.build_runner(cfg)
+        check_checkpoint_fits(runner.model, args.checkpoint, 'the checkpoint')
+        if args.out:
+            from mmengine.evaluator import DumpResults
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        metrics = runner.test()
     except launch.UserInputError as e:
         sys.exit(f'error: {e}')
-
-    runner = launch.build_runner(cfg)
-    if args.out:
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    try:
-        return runner.test()
-    except launch.UserInputError as e:
-        sys.exit(f'error: {e}')
+    launch.finish_distributed()
+    return metrics
 
 
 if __name__ == '__main__':

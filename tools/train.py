@@ -9,6 +9,8 @@ import sys
 
 from mmtlalign.engine.precision import configure_tf32
 from mmtlalign.utils import launch
+from mmtlalign.utils.checkpoint_fit import check_checkpoint_fits
+from mmtlalign.utils.work_dir_lock import hold_work_dir
 
 
 def parse_args(argv=None):
@@ -45,19 +47,22 @@ def main(argv=None):
         if args.no_validate:
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
         launch.resolve_resume(cfg, args.resume)
+        launch.check_schedule(cfg)
         loaders = ['train_dataloader']
         if cfg.get('val_cfg') is not None:
             loaders.append('val_dataloader')
         launch.check_data_roots(cfg, loaders)
+        launch.check_coco_classes(cfg, loaders)
         launch.setup_cpu_distributed(cfg, args.launcher)
-    except launch.UserInputError as e:
+        with hold_work_dir(cfg.work_dir):
+            runner = launch.build_runner(cfg)
+            checkpoint = launch.checkpoint_to_load(cfg)
+            if checkpoint:
+                check_checkpoint_fits(runner.model, *checkpoint)
+            runner.train()
+    except launch.UserInputError as e:  # also raised by mmtlalign components during the run
         sys.exit(f'error: {e}')
-
-    runner = launch.build_runner(cfg)
-    try:
-        runner.train()
-    except launch.UserInputError as e:  # raised by mmtlalign hooks before/while training
-        sys.exit(f'error: {e}')
+    launch.finish_distributed()
 
 
 if __name__ == '__main__':

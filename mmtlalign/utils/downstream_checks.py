@@ -17,16 +17,14 @@ A missing dataset folder is caught earlier, by ``tools/train.py`` / ``tools/test
 import copy
 import os.path as osp
 import re
-from dataclasses import dataclass, field
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from .launch import UserInputError
-
-CONVERTER_CLS = 'tools/model_converters/cls_to_backbone.py'
-CONVERTER_TIMM = 'tools/model_converters/timm_to_mmpretrain.py'
+from ..errors import UserInputError
+from .checkpoint_fit import (CONVERTER_CLS, CONVERTER_TIMM, LoadReport, architecture_hint,
+                             few, fit_state_dict)
 
 # Output norms of hierarchical backbones (mmpretrain Swin's norm0..norm3): a classifier only
 # has the last one; dense-prediction configs add the others, which start from scratch (as in
@@ -36,52 +34,6 @@ _OUTPUT_NORM = re.compile(r'^norm\d+\.(weight|bias)$')
 
 class DownstreamCheckError(UserInputError):
     """A downstream run cannot work as configured; the message says why and what to do."""
-
-
-@dataclass
-class LoadReport:
-    """How a checkpoint's keys meet a backbone's ``state_dict``.
-
-    ``missing``: backbone keys the checkpoint lacks (other than ``new_output_norms``);
-    ``unexpected``: checkpoint keys the backbone does not have; ``shape_mismatch``:
-    ``(key, checkpoint shape, backbone shape)`` after the backbone's own load-time resizing
-    (position embeddings, relative position tables); ``new_output_norms``: the output norms
-    of feature levels the classifier did not output (fresh, as upstream); ``loaded``: how many
-    checkpoint tensors the backbone takes.
-    """
-    checkpoint: str
-    prefix: str = None
-    loaded: int = 0
-    missing: list = field(default_factory=list)
-    unexpected: list = field(default_factory=list)
-    shape_mismatch: list = field(default_factory=list)
-    new_output_norms: list = field(default_factory=list)
-    hint: str = ''
-
-    @property
-    def ok(self):
-        return not (self.missing or self.unexpected or self.shape_mismatch) and self.loaded > 0
-
-    def summary(self):
-        what = f'{self.checkpoint!r}' + (f' (prefix {self.prefix!r})' if self.prefix else '')
-        text = (f'backbone checkpoint {what}: {self.loaded} tensors loaded, '
-                f'missing: {_few(self.missing) or "none"}, '
-                f'unexpected: {_few(self.unexpected) or "none"}')
-        if self.shape_mismatch:
-            text += ', shape mismatch: ' + _few(
-                [f'{k} {tuple(a)} vs {tuple(b)}' for k, a, b in self.shape_mismatch])
-        if self.new_output_norms:
-            text += (f'; new output norms (trained from scratch, as in upstream configs): '
-                     f'{_few(self.new_output_norms, 8)}')
-        return text
-
-
-def _few(keys, n=6):
-    keys = list(keys)
-    if not keys:
-        return ''
-    more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
-    return ', '.join(keys[:n]) + more
 
 
 def _state_dict_of(checkpoint):
@@ -119,15 +71,11 @@ def _diagnose(sd, prefix, backbone):
         return ("The checkpoint is a whole classifier (keys 'backbone.*', 'head.*'): set "
                 "init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.'), or "
                 f'extract the backbone with `python {CONVERTER_CLS} SRC.pth DST.pth`.')
-    own = set(backbone.state_dict())
     if prefix:
         keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]
-    if any(k.startswith('layers.') for k in keys) and any(k.startswith('stages.') for k in own):
-        return ('The checkpoint is a ViT/DeiT but the backbone is a Swin: use a config for the '
-                'same architecture as the checkpoint.')
-    if any(k.startswith('stages.') for k in keys) and any(k.startswith('layers.') for k in own):
-        return ('The checkpoint is a Swin but the backbone is a ViT/DeiT: use a config for the '
-                'same architecture as the checkpoint.')
+    arch = architecture_hint(keys, list(backbone.state_dict()), 'backbone')
+    if arch:
+        return arch
     return ('The checkpoint was made for another architecture or size (check `arch`), or by '
             "another toolbox (mmseg/mmdet's own ViT use different keys than mmpretrain's): "
             f'mmtlalign backbones take mmpretrain checkpoints ({CONVERTER_TIMM} converts timm).')
@@ -152,36 +100,11 @@ def backbone_load_report(backbone, checkpoint, prefix=None):
     source = sd
     if prefix:
         source = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    probe = copy.deepcopy(backbone).cpu()
-    own = probe.state_dict()
-    # The backbone resizes position embeddings and relative position tables on load (other
-    # resolution or window); only their channel / head dimension must agree.
-    resizable = ('pos_embed', 'absolute_pos_embed', 'relative_position_bias_table')
-    for k, v in source.items():
-        if k not in own or tuple(v.shape) == tuple(own[k].shape):
-            continue
-        if k.endswith(resizable) and v.dim() == own[k].dim() and v.shape[-1] == own[k].shape[-1]:
-            continue
-        if k.endswith('relative_position_index'):
-            continue  # rebuilt with the table
-        report.shape_mismatch.append((k, tuple(v.shape), tuple(own[k].shape)))
-    loadable = dict(source)
-    for k, _, _ in report.shape_mismatch:
-        loadable.pop(k)
-    try:
-        result = probe.load_state_dict(loadable, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    except RuntimeError as e:  # a load-time resize could not adapt a shape
-        report.shape_mismatch.append(('<load>', (), ()))
-        report.hint = f'Loading failed: {" ".join(str(e).split())[:500]}'
+    missing = fit_state_dict(copy.deepcopy(backbone).cpu(), source, report)
+    if missing is None:
         return report
-    mismatched = {k for k, _, _ in report.shape_mismatch}
     for k in missing:
-        if k in mismatched:
-            continue
         (report.new_output_norms if _OUTPUT_NORM.match(k) else report.missing).append(k)
-    report.unexpected = unexpected
-    report.loaded = len([k for k in loadable if k not in unexpected])
     # a checkpoint with none of the norms that the backbone outputs is no classifier of it
     if report.new_output_norms and report.loaded == 0:
         report.missing += report.new_output_norms
@@ -196,7 +119,7 @@ def check_pretrained_backbone(backbone, checkpoint, prefix=None):
     report = backbone_load_report(backbone, checkpoint, prefix)
     if not report.ok:
         raise DownstreamCheckError(
-            f'the pretrained checkpoint does not fit {type(backbone).__name__}: '
+            f'the pretrained checkpoint does not fit {type(backbone).__name__}: backbone '
             f'{report.summary()}. {report.hint}')
     return report
 
@@ -286,4 +209,4 @@ class DownstreamChecksHook(Hook):
             return
         report = check_pretrained_backbone(backbone, init_cfg['checkpoint'],
                                            init_cfg.get('prefix'))
-        runner.logger.info(report.summary())
+        runner.logger.info('backbone ' + report.summary())

@@ -115,9 +115,8 @@ def check_data_roots(cfg, loaders):
                     f'dataset folder {root!r} ({loader}.dataset.data_root) does not exist. '
                     'Put the data there (see README "Datasets") or override it, e.g. '
                     f'--cfg-options {loader}.dataset.data_root=/path/to/data')
-            ann = ds.get('ann_file')
-            if ann:
-                path = ann if osp.isabs(ann) or not root else osp.join(root, ann)
+            path = _annotation_path(ds)
+            if path:
                 if not osp.isfile(path):
                     raise UserInputError(
                         f'annotation file {path!r} ({loader}.dataset.ann_file) does not exist; '
@@ -131,6 +130,7 @@ def setup_cpu_distributed(cfg, launcher):
     ``device_ids``; without a GPU we initialise the process group ourselves (the Runner then
     skips its own initialisation) and build the wrapper with ``device_ids=None``.
     """
+    check_launcher_env(launcher)
     if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
         return
     if launcher == 'slurm':
@@ -148,6 +148,103 @@ def setup_cpu_distributed(cfg, launcher):
     wrapper.setdefault('broadcast_buffers', False)
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
+
+
+_LAUNCHER_ENV = {
+    'pytorch': (('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                'start it with tools/dist_train.sh CONFIG NUM_PROCS (or torchrun '
+                '--nproc_per_node NUM_PROCS tools/train.py CONFIG --launcher pytorch)'),
+    'slurm': (('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+              'start it inside a slurm job step: tools/slurm_train.sh PARTITION JOB CONFIG '
+              'WORK_DIR (srun)'),
+}
+
+
+def check_launcher_env(launcher):
+    """``--launcher pytorch|slurm`` needs the environment torchrun / srun set."""
+    if launcher not in _LAUNCHER_ENV:
+        return
+    names, how = _LAUNCHER_ENV[launcher]
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise UserInputError(f'--launcher {launcher} needs the environment its launcher sets '
+                             f'({", ".join(missing)} missing): {how}; or drop --launcher for '
+                             'one process.')
+
+
+def finish_distributed():
+    """Tear the process group down once a run has finished, on every process.
+
+    Without it a gloo process can die at interpreter exit (``terminate called without an
+    active exception``) while another still tears down, and torchrun fails a finished job.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def check_schedule(cfg):
+    """Fail before training when a parameter scheduler would start after training ends
+    (e.g. ``max_epochs`` shorter than the warm-up), which mmengine reports as a traceback."""
+    train_cfg = cfg.get('train_cfg') or {}
+    by_epoch_loop = 'max_epochs' in train_cfg
+    length = train_cfg.get('max_epochs', train_cfg.get('max_iters'))
+    schedulers = cfg.get('param_scheduler') or []
+    if length is None:
+        return
+    if isinstance(schedulers, dict):
+        schedulers = [schedulers]
+    unit = 'epochs' if by_epoch_loop else 'iterations'
+    key = 'max_epochs' if by_epoch_loop else 'max_iters'
+    for i, sched in enumerate(schedulers):
+        if not isinstance(sched, dict) or sched.get('by_epoch', True) != by_epoch_loop:
+            continue
+        begin = sched.get('begin', 0)
+        if begin >= length:
+            raise UserInputError(
+                f'train_cfg.{key}={length} ends before param_scheduler[{i}] '
+                f'({sched.get("type")}) begins at {begin} {unit} (after the warm-up): train '
+                f'for more than {begin} {unit}, or shorten the warm-up, e.g. --cfg-options '
+                f'param_scheduler.{i - 1 if i else 0}.end={max(length // 2, 1)} '
+                f'param_scheduler.{i}.begin={max(length // 2, 1)}')
+
+
+def check_coco_classes(cfg, loaders):
+    """COCO-style datasets: every class name in ``metainfo.classes`` must be a category of the
+    annotation file; mmdet otherwise drops it silently and fails at evaluation."""
+    import json
+    for loader in loaders:
+        if cfg.get(loader) is None:
+            continue
+        for ds in _datasets(cfg[loader].get('dataset')):
+            classes = (ds.get('metainfo') or {}).get('classes')
+            path = _annotation_path(ds)
+            if not classes or not path or not path.endswith('.json') or not osp.isfile(path):
+                continue
+            try:
+                with open(path) as f:
+                    categories = json.load(f).get('categories')
+            except (OSError, ValueError, AttributeError) as e:
+                raise UserInputError(f'annotation file {path!r} ({loader}.dataset.ann_file) is '
+                                     f'not a readable COCO json: {e}') from None
+            if not isinstance(categories, list):
+                continue
+            names = {c.get('name') for c in categories if isinstance(c, dict)}
+            absent = [c for c in classes if c not in names]
+            if absent:
+                raise UserInputError(
+                    f'{loader}.dataset.metainfo.classes has names that are not categories of '
+                    f'{path!r}: {", ".join(map(repr, absent[:5]))}'
+                    f'{" ..." if len(absent) > 5 else ""} (the file has e.g. '
+                    f'{", ".join(map(repr, sorted(n for n in names if n)[:5]))}). Use the '
+                    "annotation file's category names in metainfo.classes.")
+
+
+def _annotation_path(ds):
+    ann, root = ds.get('ann_file'), ds.get('data_root')
+    if not ann:
+        return None
+    return ann if osp.isabs(ann) or not root else osp.join(root, ann)
 
 
 def _slurm_env_to_torch_env():
@@ -168,3 +265,13 @@ def build_runner(cfg):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def checkpoint_to_load(cfg):
+    """(path, how the user gave it) of the checkpoint the Runner will load, or None."""
+    if cfg.get('resume') and not cfg.get('load_from'):
+        path = find_latest_checkpoint(cfg.work_dir)
+        return (path, '--resume') if path else None
+    if cfg.get('load_from'):
+        return cfg.load_from, '--resume' if cfg.get('resume') else 'load_from'
+    return None

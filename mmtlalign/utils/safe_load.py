@@ -1,37 +1,209 @@
-"""Resume mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
+"""Loading checkpoints a user may have downloaded: weights only, nothing callable.
 
-mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; checkpoints it writes hold a few
-non-tensor types (the message hub's ``HistoryBuffer`` and the numpy arrays/scalars inside it).
-We allow-list exactly those types instead of switching the safety off.
+torch >= 2.6 loads with ``weights_only=True``: its unpickler builds tensors and plain containers
+and refuses any other global. mmengine 0.10.7 checkpoints hold a few more objects -- the
+message hub's :class:`~mmengine.logging.HistoryBuffer` and the numpy arrays, scalars and dtypes
+inside it -- so resuming needs those allowed, and nothing more. What we allow, and why it
+cannot run code:
+
+* ``HistoryBuffer`` is allowed under its own name but built as :class:`_CheckedHistoryBuffer`,
+  whose ``__setstate__`` accepts only the buffer's own fields with their own types (so BUILD
+  cannot plant a ``__setstate__`` or other attribute, nor register foreign "statistics" in the
+  class-wide table that mmengine's ``__setstate__`` updates) and then turns the instance back
+  into a plain ``HistoryBuffer``.
+* ``builtins.getattr`` appears in these files because pickle protocol 2 stores the buffer's
+  statistics methods as ``getattr(HistoryBuffer, 'min')``. It is *never* allowed itself (with
+  it a pickle reaches ``eval`` through ``getattr(getattr, '__self__')``); its name maps to
+  :func:`_history_buffer_statistic`, which returns only the registered public statistics
+  methods of ``HistoryBuffer`` and refuses everything else.
+* numpy: ``_reconstruct`` / ``scalar`` (array and scalar reconstructors), ``ndarray``,
+  ``dtype`` and the numeric dtype classes -- under both numpy 1 (``numpy.core``) and numpy 2
+  (``numpy._core``) module names. Object arrays cannot smuggle anything: their items must be
+  built by the same unpickler.
+
+The allow-list is active only inside :func:`checkpoint_globals` -- around the loads mmtlalign
+makes (:func:`load_checkpoint_file`, which also serves mmengine's local-file checkpoint scheme
+once ``mmtlalign`` is imported) -- and never widens ``torch.load`` for other code in the process.
+A file the safe loader refuses, or one that is not a (complete) checkpoint, raises
+:class:`CheckpointLoadError` with a message saying which.
 """
+import argparse
+import os.path as osp
+import pickle
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
+from ..errors import UserInputError
 
-def _numpy_types():
-    # numpy arrays and scalars pickle through these reconstructors and dtype classes.
+
+class CheckpointLoadError(UserInputError):
+    """A checkpoint file cannot be loaded safely; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- stand-ins
+def _history_buffer_class():
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return HistoryBuffer
+
+
+def _refuse(what):
+    raise pickle.UnpicklingError(f'refused by mmtlalign\'s checkpoint loader: {what}')
+
+
+def _statistics_methods():
+    """HistoryBuffer's statistics methods: the four defaults and any registered since (the
+    class-wide table is filled only once a buffer has been created in this process)."""
+    HistoryBuffer = _history_buffer_class()
+    defaults = {name: getattr(HistoryBuffer, name) for name in ('min', 'max', 'current', 'mean')}
+    return {**defaults, **HistoryBuffer._statistics_methods}
+
+
+def _history_buffer_statistic(owner, name):
+    """Stand-in for ``builtins.getattr``: only ``HistoryBuffer``'s statistics methods."""
+    HistoryBuffer = _history_buffer_class()
+    methods = _statistics_methods()
+    if (owner not in (HistoryBuffer, _CheckedHistoryBuffer) or not isinstance(name, str)
+            or name.startswith('_') or name not in methods):
+        _refuse(f'getattr({owner!r}, {name!r}); only the statistics methods of HistoryBuffer '
+                f'({", ".join(sorted(methods))}) may be looked up')
+    return methods[name]
+
+
+def _checked_array(value, key):
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in 'biuf':
+        _refuse(f'HistoryBuffer.{key} must be a numeric numpy array, got {type(value).__name__}')
+    return value
+
+
+class _CheckedHistoryBuffer(_history_buffer_class()):
+    """What the unpickler builds for ``mmengine.logging.history_buffer.HistoryBuffer``."""
+
+    def __setstate__(self, state):
+        HistoryBuffer = _history_buffer_class()
+        fields = {'max_length', '_log_history', '_count_history', 'statistics_methods'}
+        if not isinstance(state, dict) or not set(state) <= fields:
+            extra = sorted(set(state) - fields) if isinstance(state, dict) else type(state)
+            _refuse(f'HistoryBuffer state with unexpected fields {extra}')
+        state = dict(state)
+        if not isinstance(state.get('max_length', 0), int):
+            _refuse('HistoryBuffer.max_length must be an int')
+        for key in ('_log_history', '_count_history'):
+            if key in state:
+                _checked_array(state[key], key)
+        methods, own = state.get('statistics_methods', {}), _statistics_methods()
+        if not isinstance(methods, dict) or any(own.get(k) is not v for k, v in methods.items()):
+            _refuse('HistoryBuffer.statistics_methods may only hold its own statistics methods')
+        HistoryBuffer.__setstate__(self, state)
+        self.__class__ = HistoryBuffer  # a plain buffer from now on (and when saved again)
+
+
+class _CheckedNamespace(argparse.Namespace):
+    """What the unpickler builds for ``argparse.Namespace`` (the official DeiT / TL-Align
+    training checkpoints store their command line): plain values only."""
+    _PLAIN = (str, int, float, bool, type(None))
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            _refuse('argparse.Namespace state must be a dict')
+        for key, value in state.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if (not isinstance(key, str) or key.startswith('__')
+                    or not all(isinstance(v, self._PLAIN) for v in items)):
+                _refuse(f'argparse.Namespace field {key!r} must hold plain values')
+        self.__dict__.update(state)
+        self.__class__ = argparse.Namespace
+
+
+# ----------------------------------------------------------------------------- allow-list
+def _numpy_globals():
     if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
         from numpy._core import multiarray
     else:
         from numpy.core import multiarray
-    types = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    types += [type(np.dtype(name)) for name in
-              ('float64', 'float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool')]
-    return types
+    named = []
+    for name in ('_reconstruct', 'scalar'):
+        fn = getattr(multiarray, name)
+        named += [(fn, f'numpy.core.multiarray.{name}'), (fn, f'numpy._core.multiarray.{name}')]
+    dtype_classes = [type(np.dtype(name)) for name in (
+        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool')]
+    return named + [np.ndarray, np.dtype] + dtype_classes
 
 
-def mmengine_checkpoint_types():
-    """The non-tensor globals found in checkpoints that mmengine's Runner saves.
+def mmengine_checkpoint_globals():
+    """The allow-list for checkpoints that mmengine's Runner saves (see the module docstring).
 
-    ``getattr`` is there because a pickled ``HistoryBuffer`` refers to its statistics methods
-    as ``getattr(HistoryBuffer, 'min')``; the weights-only unpickler still refuses to *call*
-    anything that is not allow-listed, so this only fetches attributes of allowed classes.
+    Returns:
+        list: entries for :func:`torch.serialization.safe_globals`: objects, or
+        ``(stand-in, 'module.name')`` pairs that map a pickled name to a restricted stand-in.
     """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, getattr] + _numpy_types()
+    return [(_CheckedHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+            (_history_buffer_statistic, 'builtins.getattr')] + _numpy_globals()
 
 
-def allow_mmengine_checkpoint_types():
-    """Allow-list :func:`mmengine_checkpoint_types` for ``torch.load(weights_only=True)``."""
-    if hasattr(torch.serialization, 'add_safe_globals'):
-        torch.serialization.add_safe_globals(mmengine_checkpoint_types())
+NAMESPACE_GLOBALS = [(_CheckedNamespace, 'argparse.Namespace')]
+
+
+@contextmanager
+def checkpoint_globals(extra=()):
+    """Allow :func:`mmengine_checkpoint_globals` (and ``extra``) for the loads inside."""
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals() + list(extra)):
+        yield
+
+
+# ----------------------------------------------------------------------------- loading
+_REFUSED = ('Unsupported global', 'Can only build', 'Can only create new object',
+            'Trying to call reduce', 'refused by mmtlalign', 'is blocked')
+
+
+def load_checkpoint_file(path, map_location='cpu', extra_globals=()):
+    """``torch.load(path, weights_only=True)`` with the mmengine allow-list, clear errors.
+
+    Args:
+        path (str): a local file.
+        map_location: as :func:`torch.load`.
+        extra_globals (Sequence): more allow-list entries for this load only.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointLoadError: the file holds objects the safe loader refuses, or is not a
+            complete PyTorch checkpoint.
+    """
+    path = osp.expanduser(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} can not be found.')
+    try:
+        with checkpoint_globals(extra_globals):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise CheckpointLoadError(_describe_failure(path, e)) from None
+
+
+def _describe_failure(path, error):
+    text = ' '.join(str(error).split())
+    if isinstance(error, pickle.UnpicklingError) and any(m in text for m in _REFUSED):
+        detail = text.split('WeightsUnpickler error:')[-1].strip()
+        detail = detail.split(' Please use `torch')[0].split(' Check the documentation')[0]
+        return (f'checkpoint {path!r} holds objects that the weights-only loader refuses '
+                f'({detail[:300]}). mmengine checkpoints, mmpretrain/timm weights and the '
+                'files mmtlalign writes never need them: the file was made by other code, or '
+                'was tampered with. Do not load it unless you know where it came from.')
+    return (f'{path!r} is not a readable PyTorch checkpoint (truncated, corrupt, or another '
+            f'kind of file: {type(error).__name__}: {text[:200]}). Re-download or re-save it.')
+
+
+def _load_from_local(filename, map_location=None):
+    """mmengine's local-file checkpoint scheme, through :func:`load_checkpoint_file`."""
+    return load_checkpoint_file(filename, map_location=map_location)
+
+
+def use_safe_local_loader():
+    """Route mmengine's local checkpoint loads (``Runner`` ``load_from`` / ``resume``,
+    ``init_cfg=dict(type='Pretrained')``, ``load_checkpoint``, mmpretrain's ``get_model``)
+    through :func:`load_checkpoint_file`: explicitly weights-only, with the allow-list scoped
+    to each load."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)

@@ -1,0 +1,183 @@
+"""Does a checkpoint fit a model? Refuse, in one line, weights that would be scored or resumed
+half-loaded.
+
+mmengine loads ``load_from`` / ``--resume`` / ``tools/test.py`` checkpoints with
+``strict=False``: a checkpoint of another architecture or class count only produces
+"do not match exactly" warnings and then a meaningless score (or an optimizer traceback on
+resume). :func:`check_checkpoint_fits` loads the checkpoint's ``state_dict`` into the model the
+way mmengine does -- the same values mmengine loads right after, so nothing changes when it
+fits -- and raises :class:`CheckpointFitError` naming the first missing, unexpected and
+mismatched keys and the likely fix. The downstream backbone check
+(:mod:`mmtlalign.utils.downstream_checks`) shares :func:`fit_state_dict`.
+"""
+from dataclasses import dataclass, field
+
+from ..errors import UserInputError
+
+CONVERTER_CLS = 'tools/model_converters/cls_to_backbone.py'
+CONVERTER_TIMM = 'tools/model_converters/timm_to_mmpretrain.py'
+
+# Loaded with resizing by the backbones' own load hooks (another resolution or window): only
+# their channel / head dimension must agree.
+_RESIZABLE = ('pos_embed', 'absolute_pos_embed', 'relative_position_bias_table')
+
+
+class CheckpointFitError(UserInputError):
+    """The checkpoint does not fit the model; the message names the keys and the fix."""
+
+
+@dataclass
+class LoadReport:
+    """How a checkpoint's keys meet a module's ``state_dict``.
+
+    ``missing``: module keys the checkpoint lacks; ``unexpected``: checkpoint keys the module
+    does not have; ``shape_mismatch``: ``(key, checkpoint shape, module shape)`` after the
+    module's own load-time resizing; ``new_output_norms``: (backbones only) output norms of
+    feature levels a classifier did not output (fresh, as upstream); ``loaded``: how many
+    checkpoint tensors the module takes.
+    """
+    checkpoint: str
+    prefix: str = None
+    loaded: int = 0
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    shape_mismatch: list = field(default_factory=list)
+    new_output_norms: list = field(default_factory=list)
+    hint: str = ''
+
+    @property
+    def ok(self):
+        return not (self.missing or self.unexpected or self.shape_mismatch) and self.loaded > 0
+
+    def summary(self):
+        what = f'{self.checkpoint!r}' + (f' (prefix {self.prefix!r})' if self.prefix else '')
+        text = (f'checkpoint {what}: {self.loaded} tensors loaded, '
+                f'missing: {few(self.missing) or "none"}, '
+                f'unexpected: {few(self.unexpected) or "none"}')
+        if self.shape_mismatch:
+            text += ', shape mismatch: ' + few(
+                [f'{k} {tuple(a)} vs {tuple(b)}' for k, a, b in self.shape_mismatch])
+        if self.new_output_norms:
+            text += (f'; new output norms (trained from scratch, as in upstream configs): '
+                     f'{few(self.new_output_norms, 8)}')
+        return text
+
+
+def few(keys, n=6):
+    """The first ``n`` keys, comma-separated, with a count of the rest."""
+    keys = list(keys)
+    if not keys:
+        return ''
+    more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
+    return ', '.join(keys[:n]) + more
+
+
+def fit_state_dict(module, source, report):
+    """Load ``source`` into ``module`` (``strict=False``, shape-mismatched keys left out) and
+    record what did not fit in ``report``.
+
+    Returns:
+        list[str]: the module keys the checkpoint lacks (``report.missing`` is left to the
+        caller, which may set some aside); ``None`` when loading itself failed
+        (``report.hint`` says why).
+    """
+    own = module.state_dict()
+    for k, v in source.items():
+        if k not in own or tuple(v.shape) == tuple(own[k].shape):
+            continue
+        if k.endswith(_RESIZABLE) and v.dim() == own[k].dim() and v.shape[-1] == own[k].shape[-1]:
+            continue
+        if k.endswith('relative_position_index'):
+            continue  # rebuilt with the table
+        report.shape_mismatch.append((k, tuple(v.shape), tuple(own[k].shape)))
+    mismatched = {k for k, _, _ in report.shape_mismatch}
+    loadable = {k: v for k, v in source.items() if k not in mismatched}
+    try:
+        result = module.load_state_dict(loadable, strict=False)
+    except RuntimeError as e:  # a load-time resize could not adapt a shape
+        report.shape_mismatch.append(('<load>', (), ()))
+        report.hint = f'Loading failed: {" ".join(str(e).split())[:500]}'
+        return None
+    report.unexpected = list(result.unexpected_keys)
+    report.loaded = len([k for k in loadable if k not in report.unexpected])
+    return [k for k in result.missing_keys if k not in mismatched]
+
+
+def architecture_hint(keys, own_keys, what='model'):
+    """A sentence when checkpoint and model are different families (ViT/DeiT vs Swin)."""
+    def family(names):
+        names = [k.split('backbone.', 1)[-1] for k in names]
+        if any(k.startswith('stages.') for k in names):
+            return 'Swin'
+        if any(k.startswith('layers.') for k in names):
+            return 'ViT/DeiT'
+        return None
+
+    ckpt, model = family(keys), family(own_keys)
+    if ckpt and model and ckpt != model:
+        return (f'The checkpoint is a {ckpt} but the {what} is a {model}: use a config for the '
+                'same architecture as the checkpoint.')
+    return ''
+
+
+def _model_hint(report, sd, meta, model):
+    from mmtlalign.converters import detect_timm_arch
+    keys, own = list(sd), list(model.state_dict())
+    made_by = ''
+    if isinstance(meta, dict) and isinstance(meta.get('experiment_name'), str):
+        made_by = f' (saved by the run {meta["experiment_name"][:120]!r})'
+    if detect_timm_arch(sd) is not None:
+        return (f'It holds timm-format weights: convert them with `python {CONVERTER_TIMM} '
+                'SRC.pth DST.pth` first.')
+    if any(k.startswith('backbone.') for k in own) and not any(
+            k.startswith('backbone.') for k in keys):
+        return ('It is a backbone-only checkpoint (e.g. from ' + CONVERTER_CLS + '): to start '
+                'from it, set model.backbone.init_cfg=dict(type=\'Pretrained\', '
+                'checkpoint=PATH) instead of load_from/--resume; to test, use the whole '
+                'classifier checkpoint.')
+    arch = architecture_hint(keys, own)
+    if arch:
+        return arch
+    heads = [(k, a, b) for k, a, b in report.shape_mismatch if k.startswith('head.')]
+    if heads and len(heads) == len(report.shape_mismatch) and not report.missing:
+        k, a, b = heads[0]
+        return (f'The checkpoint\'s head has {a[0]} classes and the config\'s {b[0]}: set '
+                f'--cfg-options model.head.num_classes={a[0]} to use it as it is, or fine-tune '
+                "from its backbone with model.backbone.init_cfg=dict(type='Pretrained', "
+                "checkpoint=PATH, prefix='backbone.').")
+    return ('The checkpoint was made for another architecture, size or head' + made_by
+            + ': use the config that trained it (check `arch`, `num_classes`).')
+
+
+def check_checkpoint_fits(model, path, role='checkpoint'):
+    """Load ``path`` into ``model`` as mmengine will; raise unless every key fits.
+
+    Args:
+        model (nn.Module): the built model (a DDP wrapper is unwrapped).
+        path (str): the checkpoint file.
+        role (str): how the user gave it, for the message (``'--resume'``, ``'load_from'``).
+
+    Raises:
+        CheckpointFitError: missing / unexpected / shape-mismatched keys.
+        CheckpointLoadError: the file cannot be loaded safely.
+    """
+    from mmengine.model import is_model_wrapper
+
+    from .safe_load import load_checkpoint_file
+    while is_model_wrapper(model):
+        model = model.module
+    ckpt = load_checkpoint_file(path, map_location='cpu')
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointFitError(f'{role} {path!r} holds no state_dict of weights.')
+    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+    report = LoadReport(checkpoint=path)
+    missing = fit_state_dict(model, sd, report)
+    if missing is not None:
+        report.missing = missing
+    if report.ok:
+        return report
+    if not report.hint:
+        report.hint = _model_hint(report, sd, ckpt.get('meta'), model)
+    raise CheckpointFitError(f'{role} does not fit {type(model).__name__}: '
+                             f'{report.summary()}. {report.hint}')

@@ -1,0 +1,65 @@
+"""One live training run per work dir.
+
+Two runs in one work dir share its log and ``scalars.json`` and delete each other's
+checkpoints (``max_keep_ckpts``). ``tools/train.py`` takes an exclusive ``flock`` on
+``<work_dir>/.mmtlalign-run.lock`` (rank 0 only) for its whole life and writes who holds it
+(host, PID, start time, command) into the file. The kernel drops the lock when the process
+ends, however it ends, so a killed run leaves no stale lock: ``--resume`` just works.
+"""
+import json
+import os
+from contextlib import contextmanager
+import os.path as osp
+import socket
+import sys
+import time
+
+from ..errors import UserInputError
+
+LOCK_NAME = '.mmtlalign-run.lock'
+
+
+class WorkDirBusyError(UserInputError):
+    """Another live run is using the work dir."""
+
+
+def _holder(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 65536).decode() or '{}')
+        return (f'host {info.get("host", "?")}, PID {info.get("pid", "?")}, started '
+                f'{info.get("started", "?")}: {info.get("command", "?")}')
+    except (OSError, ValueError, AttributeError):
+        return 'a run whose lock record is unreadable'
+
+
+@contextmanager
+def hold_work_dir(work_dir):
+    """Hold ``work_dir`` for the run inside, or raise :class:`WorkDirBusyError` naming the live
+    run that holds it. A no-op on non-zero ranks and where ``fcntl`` is missing."""
+    if os.environ.get('RANK', '0') != '0':
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    os.makedirs(work_dir, exist_ok=True)
+    fd = os.open(osp.join(work_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WorkDirBusyError(
+                f'work dir {work_dir!r} is in use by a live run ({_holder(fd)}); two runs in '
+                'one work dir overwrite each other\'s logs and checkpoints. Wait for it or stop '
+                'it, or give this run its own --work-dir.') from None
+        record = dict(host=socket.gethostname(), pid=os.getpid(),
+                      started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+                      command=' '.join(sys.argv)[:500])
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
