@@ -1,4 +1,6 @@
 from .classifier import TLAlignClassifier
+from .labels import (LABEL_RULES, AreaLabel, LabelRule, TLAlignLabel, TransMixLabel,
+                     build_label_rule)
 from .mixing import MixedBatch, TLAlignMix
 from .swin import AlignedSwinTransformer
 from .vit import AlignedVisionTransformer
@@ -10,6 +12,7 @@ except ModuleNotFoundError as e:
         raise
 
 __all__ = [
-    'AlignedSwinTransformer', 'AlignedVisionTransformer', 'MixedBatch', 'TLAlignClassifier',
-    'TLAlignMix'
+    'AlignedSwinTransformer', 'AlignedVisionTransformer', 'AreaLabel', 'LABEL_RULES', 'LabelRule',
+    'MixedBatch', 'TLAlignClassifier', 'TLAlignLabel', 'TLAlignMix', 'TransMixLabel',
+    'build_label_rule'
 ]

@@ -1,28 +1,33 @@
-"""Image classifier that trains with token-label-aligned mixing targets."""
+"""Image classifier that trains on mixed batches with the targets of a label rule."""
 import torch
 from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 
-from ..errors import UserInputError, UserTypeError
+from ..errors import UserInputError
 from .alignment import aligned_target
+from .labels import build_label_rule
 from .mixing import TLAlignMix
 
 
 @MODELS.register_module()
 class TLAlignClassifier(ImageClassifier):
-    """:class:`ImageClassifier` whose ``loss()`` mixes the batch and aligns token labels.
+    """:class:`ImageClassifier` whose ``loss()`` mixes the batch and labels it with a label rule.
 
-    In ``loss()``: mix with :class:`TLAlignMix`, run the backbone's ``forward_aligned`` to get
-    the partner share ``s`` of the output token, and hand the soft target
-    ``(1 - s) * y_a + s * y_b`` as ``gt_score`` to the unchanged mmpretrain head and loss
-    (label smoothing stays the loss's job). ``predict()`` is the parent's.
+    In ``loss()``: mix with :class:`TLAlignMix`; the label rule runs the backbone on the mixed
+    images and gives the partner share ``s`` (B,) of the output token (see
+    :mod:`mmtlalign.models.labels`); the soft target ``(1 - s) * y_a + s * y_b`` goes as
+    ``gt_score`` to the unchanged mmpretrain head and loss (label smoothing stays the loss's
+    job). ``predict()`` is the parent's.
 
-    Besides the loss it logs ``token_fluctuation``: the mean ``|aligned share - area share|``,
-    how far the label of the output token drifted from the area-ratio label.
+    Besides the loss it logs ``token_fluctuation``: the mean ``|rule share - area share|``, how
+    far the label of the output token is from the area-ratio label (0 for area labels).
 
     Args:
         mix (dict | TLAlignMix): the mixer.
-        align (bool): False trains the same-recipe baseline: same mixer, area-ratio targets.
+        align (bool | str | dict | LabelRule): the label rule. ``True``: TL-Align
+            (``TLAlignLabel``, needs an aligned backbone); ``False``: area labels of plain
+            CutMix, the same-recipe baseline (``AreaLabel``); or a rule's type name or config,
+            e.g. ``dict(type='TransMixLabel')`` (TransMix, ViTs with a class token).
         **kwargs: those of :class:`ImageClassifier`. Leave ``train_cfg`` (mmpretrain's batch
             augments) unset: mixing happens here.
     """
@@ -34,14 +39,9 @@ class TLAlignClassifier(ImageClassifier):
                 'TLAlignClassifier mixes batches itself, but the data preprocessor also has '
                 'batch augments (model.train_cfg.augments, e.g. from an inherited DeiT config); '
                 'set `model.train_cfg=None` (or data_preprocessor.batch_augments=None).')
-        if align and not hasattr(self.backbone, 'forward_aligned'):
-            raise UserTypeError(
-                f'TL-Align needs a backbone with forward_aligned(x, token_share); '
-                f'{type(self.backbone).__name__} has none. Use AlignedVisionTransformer or '
-                'AlignedSwinTransformer (same arguments and checkpoints as the mmpretrain '
-                'ones), or set align=False for the plain-CutMix baseline.')
+        self.label_rule = build_label_rule(align)
+        self.label_rule.check_backbone(self.backbone)
         self.mixer = mix if isinstance(mix, TLAlignMix) else MODELS.build(mix)
-        self.align = align
         self._check_num_classes()
 
     @property
@@ -63,7 +63,7 @@ class TLAlignClassifier(ImageClassifier):
                              f'{loss_classes}; set both to the number of classes of the dataset.')
 
     def loss(self, inputs, data_samples):
-        """Mixed, aligned loss.
+        """Loss on the mixed batch with the label rule's targets.
 
         Args:
             inputs (Tensor): (B, C, H, W) normalised images.
@@ -79,12 +79,9 @@ class TLAlignClassifier(ImageClassifier):
                              f'{self.num_classes}; set model.head.num_classes to the number of '
                              'classes of the dataset.')
         mixed = self.mixer(inputs, self.patch_size)
-        if self.align and not mixed.uniform:
-            feats, share = self.backbone.forward_aligned(mixed.inputs, mixed.token_share)
-            if self.with_neck:
-                feats = self.neck(feats)
-        else:  # uniform shares stay uniform under attention: the area share is exact
-            feats, share = self.extract_feat(mixed.inputs), mixed.area_share
+        feats, share = self.label_rule(self.backbone, mixed)
+        if self.with_neck:
+            feats = self.neck(feats)
         target = aligned_target(labels, mixed.partner, share, self.num_classes)
         for sample, score in zip(data_samples, target):
             sample.set_gt_score(score)

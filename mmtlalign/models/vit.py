@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
 
+from ..errors import UserInputError
 from . import alignment
 from .tracing import ShareTracingMixin
 
@@ -50,12 +51,7 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
     def __init__(self, *args, residual_weight=0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.residual_weight = self.check_residual_weight(residual_weight)
-        for i, layer in enumerate(self.layers):
-            if layer.attn.scaled_dot_product_attention is not F.scaled_dot_product_attention:
-                raise ValueError(
-                    f'layer {i} does not use torch\'s scaled_dot_product_attention (was '
-                    '`qk_scale` set in layer_cfgs?). mmpretrain\'s python fallback scales by '
-                    'the inverse factor; leave qk_scale unset.')
+        check_fused_attention(self)
 
     def trace_shares(self, x, token_share):
         """Run :meth:`forward` with a :class:`ShareTracer`; ``tracer.history`` holds the
@@ -90,15 +86,37 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
         raise ValueError(f'forward_aligned needs a classification output (out_type '
                          f"'cls_token' or 'avg_featmap'), not {self.out_type!r}.")
 
-    @contextmanager
     def _attention_replaced_by(self, tracer):
-        # The parent's own forward runs unchanged; only each block's attention call also
-        # carries the shares, so the features are those of forward() by construction.
-        attns = [layer.attn for layer in self.layers]
+        return attention_replaced(self.layers, tracer.attention)
+
+
+@contextmanager
+def attention_replaced(layers, attention):
+    """Make ``attention(q, k, v, dropout_p)`` the fused attention call of the given ViT blocks.
+
+    The parent's own forward runs unchanged; only the blocks' attention call also carries the
+    shares, so the features are those of ``forward()`` by construction.
+
+    Args:
+        layers (Iterable[TransformerEncoderLayer]): blocks of an mmpretrain ViT.
+        attention (callable): a drop-in for ``F.scaled_dot_product_attention`` (same outputs).
+    """
+    attns = [layer.attn for layer in layers]
+    for attn in attns:
+        attn.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
         for attn in attns:
-            attn.scaled_dot_product_attention = tracer.attention
-        try:
-            yield
-        finally:
-            for attn in attns:
-                attn.scaled_dot_product_attention = F.scaled_dot_product_attention
+            attn.scaled_dot_product_attention = F.scaled_dot_product_attention
+
+
+def check_fused_attention(vit):
+    """Raise unless every block of ``vit`` calls torch's ``scaled_dot_product_attention``,
+    the call the share tracing rides along with."""
+    for i, layer in enumerate(vit.layers):
+        if layer.attn.scaled_dot_product_attention is not F.scaled_dot_product_attention:
+            raise UserInputError(
+                f'layer {i} does not use torch\'s scaled_dot_product_attention (was '
+                '`qk_scale` set in layer_cfgs?). mmpretrain\'s python fallback scales by '
+                'the inverse factor; leave qk_scale unset.')

@@ -1,0 +1,79 @@
+"""The label-rule interface and its registry.
+
+A label rule decides what a CutMix/Mixup-mixed image is labelled as. With two images per mix
+every rule's target is ``(1 - s) * y_a + s * y_b``, so a rule only has to give ``s``, the partner
+share (B,) of the output the head consumes. It gets the mixed batch (:class:`MixedBatch`) and
+runs the backbone's forward pass itself, once, to read what that pass exposes (attention); the
+classifier builds the target from ``s`` and does not know which rule it runs.
+
+Rules are registered in :data:`mmtlalign.registry.LABEL_RULES` (a child of mmpretrain's
+``MODELS``) and selected by the classifier's ``align`` argument: ``True`` (TL-Align), ``False``
+(area), a type name such as ``'TransMixLabel'`` or a config dict ``dict(type=..., ...)``.
+"""
+from ...errors import UserInputError
+from ...registry import LABEL_RULES
+
+__all__ = ['LABEL_RULES', 'LabelRule', 'build_label_rule']
+
+
+class LabelRule:
+    """Interface of a label rule: ``rule(backbone, mixed) -> (outs, share)``.
+
+    Subclasses implement :meth:`check_backbone` and :meth:`mixed_share`. Batches whose tokens
+    all have their image's area share (Mixup, or no mix) are handled here for every rule:
+    attention cannot make uniform shares non-uniform, so the area share is exact for all.
+    """
+
+    def check_backbone(self, backbone):
+        """Raise :class:`UserInputError` (at build time) if the rule cannot run on it."""
+
+    def mixed_share(self, backbone, mixed):
+        """Run ``backbone`` once on ``mixed.inputs`` (a batch with a non-uniform share map).
+
+        Args:
+            backbone (nn.Module): the classifier's backbone.
+            mixed (MixedBatch): the mixed batch.
+
+        Returns:
+            tuple: the backbone's ``outs``, exactly as its ``forward`` returns them, and the
+            (B,) partner share of the output, without gradient.
+        """
+        raise NotImplementedError
+
+    def __call__(self, backbone, mixed):
+        """(outs, (B,) partner share) for a mixed batch; see :meth:`mixed_share`."""
+        if mixed.uniform:
+            return backbone(mixed.inputs), mixed.area_share
+        return self.mixed_share(backbone, mixed)
+
+    def __repr__(self):
+        return f'{type(self).__name__}()'
+
+
+def build_label_rule(align):
+    """The rule a classifier's ``align`` names.
+
+    Args:
+        align (bool | str | dict | LabelRule): ``True``: TL-Align (``'TLAlignLabel'``);
+            ``False``: the area share of plain CutMix (``'AreaLabel'``); a registered type
+            name, or a config dict ``dict(type=NAME, ...)``.
+
+    Returns:
+        LabelRule
+    """
+    if isinstance(align, LabelRule):
+        return align
+    if isinstance(align, bool):
+        align = 'TLAlignLabel' if align else 'AreaLabel'
+    if isinstance(align, str):
+        align = dict(type=align)
+    if not isinstance(align, dict) or 'type' not in align:
+        raise UserInputError(f'model.align must be True (TL-Align), False (area labels of plain '
+                             f'CutMix) or a label rule dict(type=...), got {align!r}.')
+    name = align['type']
+    known = sorted(LABEL_RULES.module_dict)
+    if isinstance(name, str) and name.split('.')[-1] not in known:
+        raise UserInputError(f'unknown label rule {name!r} in model.align; choose one of '
+                             f'{known} (or True / False).')
+    # the rules live in the 'mmtlalign' scope, whatever the config's default_scope is
+    return LABEL_RULES.build(dict(align, _scope_='mmtlalign'))
