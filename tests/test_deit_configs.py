@@ -166,7 +166,9 @@ def check_deit_pipelines(cfg):
     interpolation='bicubic', re_prob=0.25, re_mode='pixel') and DeiT's test transform."""
     bgr_mean, bgr_std = MEAN[::-1], STD[::-1]
     load, crop, flip, randaug, erase, pack = cfg.train_dataloader.dataset.pipeline
-    assert load.type == 'LoadImageFromFile' and load.imdecode_backend == 'pillow'
+    # decoded as torchvision's ImageFolder: Pillow, RGB, EXIF orientation ignored
+    assert load == dict(type='LoadImageFromFile', imdecode_backend='pillow',
+                        color_type='color_ignore_orientation')
     assert crop.type == 'RandomResizedCrop' and crop.scale == 224
     assert (crop.interpolation, crop.backend) == ('bicubic', 'pillow')
     assert tuple(crop.get('crop_ratio_range', (0.08, 1.0))) == (0.08, 1.0)
@@ -184,7 +186,7 @@ def check_deit_pipelines(cfg):
     assert pack.type == 'PackInputs'
     for loader in (cfg.val_dataloader, cfg.test_dataloader):
         load, resize, center, pack = loader.dataset.pipeline
-        assert load.imdecode_backend == 'pillow'
+        assert load == cfg.train_dataloader.dataset.pipeline[0]
         assert (resize.type, resize.scale, resize.edge) == ('ResizeEdge', 256, 'short')
         assert (resize.interpolation, resize.backend) == ('bicubic', 'pillow')
         assert (center.type, center.crop_size) == ('CenterCrop', 224)

@@ -34,12 +34,15 @@ model = dict(
         mode='batch',
         pairing='flip'))
 
-# The DeiT data pipeline (timm's create_transform as DeiT calls it). Images are decoded with
-# Pillow, as torchvision's ImageFolder does (mmcv's default is OpenCV).
+# The DeiT data pipeline (timm's create_transform as DeiT calls it). Images are decoded as
+# torchvision's ImageFolder does: Pillow, converted to RGB, EXIF orientation ignored (mmcv's
+# default decodes with OpenCV and applies the EXIF orientation).
+load_image = dict(
+    type='LoadImageFromFile', imdecode_backend='pillow', color_type='color_ignore_orientation')
 bgr_mean = [103.53, 116.28, 123.675]
 bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    load_image,
     dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     # rand-m9-mstd0.5-inc1: 2 of timm's 15 "increasing" ops (with replacement), each applied
@@ -65,7 +68,7 @@ train_pipeline = [
     dict(type='PackInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    load_image,
     dict(type='ResizeEdge', scale=256, edge='short', backend='pillow', interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),
