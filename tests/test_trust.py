@@ -290,10 +290,11 @@ def test_checkpoint_that_does_not_fit_is_refused_in_one_line(env, tmp_path, case
         torch.save(classifier_to_backbone(load_checkpoint_file(env.genuine)), ckpt)
         expected = 'backbone-only checkpoint'
     import re
-    for tool, argv in [('tools/test.py', [env.config, ckpt]),
-                       ('tools/train.py', [env.config, '--resume', ckpt])]:
+    for tool, argv, extra in [('tools/test.py', [env.config, ckpt], []),
+                              ('tools/train.py', [env.config, '--resume', ckpt], []),
+                              ('tools/train.py', [env.config], [f'load_from={ckpt}'])]:
         error = run_main(tool, [*argv, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
-                                *options])
+                                *options, *extra])
         assert error and re.search(expected, error) and '\n' not in error, error
         assert 'does not fit ImageClassifier' in error
 
