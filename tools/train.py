@@ -25,15 +25,19 @@ def parse_args(argv=None):
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the learning rate by actual/base batch size (auto_scale_lr.base_batch_size)')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also log to TensorBoard (<work_dir>/<timestamp>/vis_data)')
     launch.add_common_args(parser)
     return launch.parse_args(parser, argv)
 
 
 def main(argv=None):
+    from mmtlalign.engine import run_options  # compile=True -> CompileRunner; --tensorboard
     args = parse_args(argv)
 
     try:
         cfg = launch.load_config(args.config, args.cfg_options)
+        run_options.apply(cfg, tensorboard=args.tensorboard)
         configure_tf32(cfg)  # TF32 on Ampere+ unless the config says tf32 = False
         cfg.launcher = args.launcher
         cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)

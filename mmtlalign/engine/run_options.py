@@ -1,0 +1,17 @@
+"""Training options that ``tools/train.py`` maps onto the config (kept here, the tool stays thin).
+
+* ``compile`` (``--cfg-options compile=True`` or a dict of ``torch.compile`` arguments): build
+  :class:`~mmtlalign.engine.compile.CompileRunner`, which compiles the model's compute and keeps
+  the optimizer step eager (mmengine's own compile path fails in the optimizer step).
+* ``--tensorboard``: add mmengine's ``TensorboardVisBackend`` beside the configured backends.
+"""
+from .compile import use_compile_runner
+from .tensorboard import add_tensorboard
+
+
+def apply(cfg, tensorboard=False):
+    """Apply the options to ``cfg`` in place; raises ``UserInputError`` for a bad value."""
+    use_compile_runner(cfg)
+    if tensorboard:
+        add_tensorboard(cfg)
+    return cfg
