@@ -8,6 +8,9 @@ Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
                    block and (B, N, K) label vectors propagated with it
   b-sep  ours with the attention path CUDA runs by default (the plain call + a gradient-free
          share call), forced on any device (ViT; not run unless named in --variants)
+  tmix   TransMix labels (TLAlignClassifier, align='TransMixLabel'): the class token's
+         attention rides along in the last block's fused call only (ViT)
+  area   TLAlignClassifier with area labels: our mixer, no tracing (not run unless named)
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
 interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
@@ -102,6 +105,16 @@ def build_aligned(model_name, num_classes):
     return REG.build(classifier_cfg(model_name, num_classes, aligned=True))
 
 
+def build_with_labels(align):
+    """Builder of TL-Align's classifier with another label rule (its ``model.align``)."""
+
+    def build(model_name, num_classes):
+        from mmpretrain.registry import MODELS as REG
+        return REG.build(dict(classifier_cfg(model_name, num_classes, aligned=True), align=align))
+
+    return build
+
+
 def build_kdim(model_name, num_classes):
     model = build_aligned(model_name, num_classes)
     model.backbone.__class__ = KDimVisionTransformer
@@ -138,6 +151,10 @@ VARIANTS = {
     'b-sep': Variant('TL-Align, separate share call', build_aligned,
                      context=lambda: alignment.share_attention_impl('separate'),
                      models=('deit-t', 'deit-s'), default=False),
+    # the other label rules of TLAlignClassifier (mmtlalign.models.labels), same mixer
+    'tmix': Variant('TransMix (ours, share channels)', build_with_labels('TransMixLabel'),
+                    models=('deit-t', 'deit-s')),
+    'area': Variant('CutMix, area labels (ours)', build_with_labels(False), default=False),
 }
 
 
