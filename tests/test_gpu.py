@@ -153,9 +153,12 @@ def test_vit_matches_upstream_on_cuda(dtype):
     assert share.dtype == torch.float32
     with torch.no_grad():
         _, cpu_share = aligned.cpu().forward_aligned(x.cpu(), token_share.cpu())
-    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}[dtype]
+    # (measured on CPU for these weights: 1.5e-4 under fp16 and 8e-4 under bf16 autocast,
+    # against a share that moves 1.3e-2 away from the area share)
+    tol = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 4e-3}[dtype]
     torch.testing.assert_close(share.cpu(), cpu_share, atol=tol, rtol=0)
-    assert (cpu_share - token_share.cpu().mean(dim=1)).abs().max() > 5 * tol
+    if dtype == torch.float32:
+        assert (cpu_share - token_share.cpu().mean(dim=1)).abs().max() > 10 * tol
 
 
 def test_share_attention_on_cuda_uses_the_separate_path():
