@@ -54,7 +54,10 @@ class OverflowingModel(BaseModel):
 @pytest.fixture
 def amp_on_cpu(monkeypatch):
     """mmengine's AmpOptimWrapper on CPU: its GPU check passes and its scaler is torch's
-    GradScaler for CPU (same dynamic scaling: skip the step on inf/NaN gradients, halve)."""
+    GradScaler for CPU (same dynamic scaling: skip the step on inf/NaN gradients, halve). The
+    rest of mmengine sees a CPU machine (also on a GPU machine: the Runner keeps the model on
+    the CPU and autocast is the CPU's)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
     monkeypatch.setattr(amp_optimizer_wrapper, 'GradScaler',
                         functools.partial(torch.amp.GradScaler, 'cpu'))
