@@ -43,7 +43,15 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
-test_pipeline = [dict(type='PackInputs')]
+# The dataset gives 28x28 grey arrays (these steps leave them unchanged); mmpretrain's
+# ImageClassificationInferencer gives image files read as 3-channel BGR, of any size: made grey
+# (ITU-R 601 luma) and 28x28 here, so the 1-channel model also takes them.
+test_pipeline = [
+    dict(type='RandomGrayscale', prob=1.0, channel_weights=(0.114, 0.587, 0.299)),
+    dict(type='ResizeEdge', scale=28, edge='short'),
+    dict(type='CenterCrop', crop_size=28),
+    dict(type='PackInputs'),
+]
 
 # prepared on first use (Debian package, else mmpretrain's download)
 fmnist = dict(type='PreparedFashionMNIST', data_root=fmnist_root, download=True)
