@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
@@ -150,6 +152,37 @@ def test_transmix_features_and_gradients_are_the_plain_forwards():
         assert torch.equal(p.grad, q.grad), name
     # the attention call is restored after the forward
     assert vit.layers[-1].attn.scaled_dot_product_attention is F.scaled_dot_product_attention
+
+
+class OutputShapes(TorchDispatchMode):
+    """Records the shape of every tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.shapes += [tuple(t.shape) for t in tree_flatten(out)[0] if torch.is_tensor(t)]
+        return out
+
+
+def test_transmix_is_one_forward_without_an_n_by_n_attention():
+    vit = plain_vit()
+    vit.train()
+    mixed = mixed_batch(torch.randn(2, 3, 224, 224), 16, seed=3, pixel_boxes=False)
+    calls = []
+    hook = vit.patch_embed.register_forward_hook(lambda *args: calls.append(1))
+    with OutputShapes() as ops:
+        outs, _ = TransMixLabel()(vit, mixed)
+        outs[-1].sum().backward()
+    hook.remove()
+    assert len(calls) == 1  # no second forward
+    N = 197
+    assert not [s for s in ops.shapes if s[-2:] == (N, N)]
+    with OutputShapes() as ops:  # the check sees an explicit attention where there is one
+        reference_share(vit, mixed)
+    assert [s for s in ops.shapes if s[-2:] == (N, N)]
 
 
 # ---------------------------------------------------------------- through the classifier
