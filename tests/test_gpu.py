@@ -11,8 +11,10 @@
 conftest.py gives these tests (and their subprocesses) the GPUs that it hides from the rest.
 """
 import glob
+import os
 import os.path as osp
 import re
+import subprocess
 import sys
 
 import pytest
@@ -64,6 +66,14 @@ def coco(tmp_path_factory):
 def cls_config(tmp_path, model):
     base, backbone, head = BACKBONES[model]
     return _write(tmp_path / f'{model}.py', CLS_CONFIG, base=base, backbone=backbone, head=head)
+
+
+def test_gpu_tests_and_their_subprocesses_see_the_gpus():
+    """conftest.py hides the GPUs from the CPU tests only."""
+    assert os.environ.get('CUDA_VISIBLE_DEVICES') != ''
+    result = subprocess.run([PY, '-c', 'import torch; print(torch.cuda.device_count())'],
+                            env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert int(result.stdout) == torch.cuda.device_count() >= 1, result.stderr
 
 
 # ----------------------------------------------------------------------------- training

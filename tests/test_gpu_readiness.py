@@ -248,3 +248,17 @@ def test_train_tool_reports_a_bad_tf32_switch_in_one_line():
     assert result.stderr.strip().splitlines()[-1] == (
         "error: config key tf32 must be True or False, got 'maybe'; e.g. --cfg-options "
         'tf32=False to keep full float32 matmuls.')
+
+
+# --------------------------------------------------------------------------------------------
+# the test suite on a GPU machine
+# --------------------------------------------------------------------------------------------
+def test_cpu_tests_hide_gpus_from_their_subprocesses():
+    """conftest.py: a tool started the way the tests start them sees no GPU (the gpu tier
+    checks the opposite in tests/test_gpu.py)."""
+    assert os.environ.get('CUDA_VISIBLE_DEVICES') == ''
+    result = subprocess.run(
+        [sys.executable, '-c', 'import os, torch; '
+         'print(repr(os.environ.get("CUDA_VISIBLE_DEVICES")), torch.cuda.device_count())'],
+        env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["''", '0'], result.stderr
