@@ -96,7 +96,8 @@ def test_deit_config_carries_the_released_knobs(size, kind):
     assert model.type == 'TLAlignClassifier'
     assert model.align is (kind == '')
     backbone = model.backbone
-    assert backbone.type == 'AlignedVisionTransformer' and backbone.residual_weight == 0.5
+    assert backbone.type == 'AlignedVisionTransformer'
+    assert backbone.get('residual_weight', 0.5) == 0.5  # the paper's r (the default)
     assert (backbone.arch, model.head.in_channels) == DEIT[size]
     assert (backbone.img_size, backbone.patch_size) == (224, 16)
     assert backbone.drop_path_rate == 0.1

@@ -15,9 +15,10 @@ model = dict(
     type='TLAlignClassifier',
     align=False,
     # The aligned backbone here too: same weights and a bit-identical forward() as mmpretrain's
-    # VisionTransformer, so this file and deit-s_8xb128.py differ only in the labels.
-    # Drop path 0.1 as released (mmpretrain's DeiT-S config removes it).
-    backbone=dict(type='AlignedVisionTransformer', residual_weight=0.5, drop_path_rate=0.1),
+    # VisionTransformer, so this file and deit-s_8xb128.py differ only in the labels (the
+    # paper's residual weight r = 0.5 is its default). Drop path 0.1 as released (mmpretrain's
+    # DeiT-S config removes it).
+    backbone=dict(type='AlignedVisionTransformer', drop_path_rate=0.1),
     # the head is initialised like every Linear (TruncNormal 0.02), as timm does; mmpretrain's
     # head default would zero it
     head=dict(init_cfg=None),
