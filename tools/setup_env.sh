@@ -95,8 +95,11 @@ gpu_count() {
   nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
 }
 
+# (sed reads all of its input: `head` would stop early and nvidia-smi, listing one line per
+# GPU, would die of SIGPIPE, which pipefail turns into a failed set-up)
 driver_version() {
-  nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' '
+  { nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null || true; } \
+    | sed -n '1{s/ //g;p;}'
 }
 
 # min_driver CUDA_MAJOR: the oldest Linux driver that runs that CUDA major's builds.
@@ -206,14 +209,16 @@ nvcc_top() {
   local tmp top
   tmp="$(mktemp -d)"
   : >"$tmp/x.cu"
-  top="$(cd "$tmp" && "$1" --dryrun -c x.cu -o x.o 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1 || true)"
+  top="$(cd "$tmp" && { "$1" --dryrun -c x.cu -o x.o 2>&1 || true; } \
+    | sed -n 's/^#\$ TOP=//p' | sed -n '1p')"
   rm -rf "$tmp"
   echo "$top"
 }
 
 # nvcc_cuda_version CUDA_HOME: "12.6" from that toolkit's nvcc.
 nvcc_cuda_version() {
-  "$1/bin/nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1
+  { "$1/bin/nvcc" --version 2>/dev/null || true; } \
+    | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | sed -n '1p'
 }
 
 # cuda_plan TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME: sets FORCE_CUDA, and for
