@@ -122,6 +122,9 @@ def test_auto_path_choice_and_errors(monkeypatch):
     with alignment.share_attention_impl('cpu_flash'):
         with pytest.raises(UserInputError, match="'cpu_flash' runs on CPU tensors only"):
             alignment.resolve_share_attention('cuda')
+    with alignment.share_attention_impl('cuda_flash'):  # the experimental opt-in
+        with pytest.raises(UserInputError, match="'cuda_flash' runs on CUDA tensors only"):
+            alignment.attention_with_share(*qkv(), torch.rand(2, 17))
     with pytest.raises(UserInputError, match="unknown share attention implementation 'flash'"):
         with alignment.share_attention_impl('flash'):
             pass

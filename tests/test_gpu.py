@@ -3,7 +3,8 @@
 - TL-Align training steps of DeiT and Swin through ``tools/train.py --amp``, fp16 and bf16
   (``--cfg-options optim_wrapper.dtype=bfloat16``);
 - features (bitwise) and gradients of the aligned ViT against mmpretrain's on CUDA, and the
-  bytes autograd saves (ratio 1.000), in float32 and under fp16/bf16 autocast;
+  bytes autograd saves (ratio 1.000), in float32 and under fp16/bf16 autocast; the same for the
+  experimental opt-in 'cuda_flash' attention path (to rounding);
 - a 1-GPU ``tools/dist_train.sh`` run (NCCL, the GPU, not gloo on the CPU);
 - mmcv's CUDA ops (nms, RoIAlign) against their CPU results;
 - one Mask R-CNN and one UperNet training run (two iterations) on the GPU.
@@ -181,6 +182,31 @@ def test_share_attention_on_cuda_uses_the_separate_path():
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
     attn = torch.softmax(q.float() @ k.float().transpose(-2, -1) / 8, dim=-1).mean(1)
     torch.testing.assert_close(attended, attn @ share, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_experimental_cuda_flash_path(dtype):
+    """The opt-in 'cuda_flash' path: upstream's features and gradients to the half type's
+    rounding (other kernel tiles for the 72-wide head dim), the bytes upstream's call saves,
+    and the traced share."""
+    from mmtlalign.models import alignment
+    g = torch.Generator(device='cuda').manual_seed(0)
+    q, k, v = (torch.randn(4, 6, 197, 64, device='cuda', generator=g).to(dtype)
+               .requires_grad_() for _ in range(3))
+    share = torch.rand(4, 197, device='cuda', generator=g)
+    ref, ref_bytes = saved_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    with alignment.share_attention_impl('cuda_flash'):
+        (out, attended), got_bytes = saved_bytes(
+            lambda: alignment.attention_with_share(q, k, v, share))
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    assert got_bytes == ref_bytes
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+    attn = torch.softmax(q.float() @ k.float().transpose(-2, -1) / 8, dim=-1).mean(1)
+    torch.testing.assert_close(attended, attn @ share, atol=4e-3, rtol=0)
 
 
 # ----------------------------------------------------------------------------- mmcv ops

@@ -34,9 +34,11 @@ SHARE_CHANNELS = 8
 
 #: How :func:`attention_with_share` obtains ``A_mean @ s`` (see there):
 #: ``'auto'`` (CPU: ``'cpu_flash'`` when torch has it, elsewhere ``'separate'``),
-#: ``'cpu_flash'`` (CPU tensors only) or ``'separate'``. Set by the environment variable
-#: ``MMTLALIGN_SHARE_ATTENTION`` or, in code, with :func:`share_attention_impl`.
-SHARE_ATTENTION_IMPLS = ('auto', 'cpu_flash', 'separate')
+#: ``'cpu_flash'`` (CPU tensors only), ``'separate'``, or the experimental opt-in
+#: ``'cuda_flash'`` (CUDA, fp16/bf16; **not yet run on a GPU by any test here**). Set by the
+#: environment variable ``MMTLALIGN_SHARE_ATTENTION`` or, in code, with
+#: :func:`share_attention_impl`.
+SHARE_ATTENTION_IMPLS = ('auto', 'cpu_flash', 'separate', 'cuda_flash')
 _share_attention = os.environ.get('MMTLALIGN_SHARE_ATTENTION', 'auto')
 
 
@@ -67,6 +69,9 @@ def resolve_share_attention(device_type):
         return 'cpu_flash' if cpu else 'separate'
     if impl == 'cpu_flash' and device_type != 'cpu':
         raise UserInputError(f"share attention 'cpu_flash' runs on CPU tensors only, got "
+                             f"{device_type}; use 'auto' or 'separate'.")
+    if impl == 'cuda_flash' and device_type != 'cuda':
+        raise UserInputError(f"share attention 'cuda_flash' runs on CUDA tensors only, got "
                              f"{device_type}; use 'auto' or 'separate'.")
     return impl
 
@@ -186,6 +191,10 @@ def attention_with_share(q, k, v, share, dropout_p=0.):
       same q, k with the share as a narrow value (:data:`SHARE_CHANNELS` channels, so CUDA's
       memory-efficient kernel takes it). Its extra work is one forward attention with an
       8-wide value and no backward.
+    - ``'cuda_flash'`` (opt-in, experimental, untested on a GPU): ``'cpu_flash'``'s idea on
+      CUDA's flash kernel (:class:`_CUDAFlashAttentionWithShare`), fp16/bf16 only (float32
+      inputs take ``'separate'``). Its features are not guaranteed to be bit-identical to the
+      plain call (the 72-wide head dim runs other kernel tiles); tests/test_gpu.py checks it.
 
     Labels are traced *before* attention dropout: with ``dropout_p > 0`` the share always
     comes from the gradient-free call without dropout.
@@ -213,6 +222,9 @@ def attention_with_share(q, k, v, share, dropout_p=0.):
     if dropout_p == 0 and impl == 'cpu_flash':
         pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
         out, attended = _CPUAttentionWithShare.apply(q, k, v, pad, share_v, C)
+    elif dropout_p == 0 and impl == 'cuda_flash' and q.dtype in (torch.float16, torch.bfloat16):
+        pad = q.new_zeros(B, heads, N, SHARE_CHANNELS)
+        out, attended = _CUDAFlashAttentionWithShare.apply(q, k, v, pad, share_v, C)
     else:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         with torch.no_grad():
@@ -255,6 +267,42 @@ class _CPUAttentionWithShare(torch.autograd.Function):
         q, k, v, feats, lse = ctx.saved_tensors
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_feats, q, k, v, feats, lse, 0.0, False, scale=ctx.scale)
+        return (*grads, None, None, None)
+
+
+class _CUDAFlashAttentionWithShare(torch.autograd.Function):
+    """EXPERIMENTAL (opt-in ``'cuda_flash'``; no test here has run it on a GPU yet): CUDA
+    flash attention on zero-padded q, k and share-carrying v, whose backward is the unpadded
+    call's flash backward, as :class:`_CPUAttentionWithShare` does on CPU.
+
+    fp16/bf16 only (flash attention's dtypes). The padded forward's log-sum-exp equals the
+    unpadded one's (q.k is unchanged), so the flash backward given the unpadded q, k, v and
+    the feature slice of the output computes upstream's gradients, and autograd saves what the
+    plain flash call saves.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, pad, share_v, channels):
+        D = q.shape[-1]
+        ctx.scale = D**-0.5
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = \
+            torch.ops.aten._scaled_dot_product_flash_attention(
+                torch.cat([q, pad], dim=-1), torch.cat([k, pad], dim=-1),
+                torch.cat([v, share_v], dim=-1), 0.0, False, False, scale=ctx.scale)
+        # the plain kernel's output layout, (B, N, heads, D) in memory (see the CPU class)
+        feats = out[..., :D].transpose(1, 2).contiguous().transpose(1, 2)
+        attended = out[..., D:D + channels].clone()
+        ctx.save_for_backward(q, k, v, feats, lse, cum_q, cum_k, seed, offset)
+        ctx.max_q, ctx.max_k = max_q, max_k
+        ctx.mark_non_differentiable(attended)
+        return feats, attended
+
+    @staticmethod
+    def backward(ctx, grad_feats, grad_share):
+        q, k, v, feats, lse, cum_q, cum_k, seed, offset = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            grad_feats, q, k, v, feats, lse, cum_q, cum_k, ctx.max_q, ctx.max_k,
+            0.0, False, seed, offset, scale=ctx.scale)
         return (*grads, None, None, None)
 
 
