@@ -8,6 +8,8 @@ Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
                    block and (B, N, K) label vectors propagated with it
   b-sep  ours with the attention path CUDA runs by default (the plain call + a gradient-free
          share call), forced on any device (ViT; not run unless named in --variants)
+  b-flash  ours with the experimental opt-in 'cuda_flash' path (CUDA + --amp; ViT; not run
+         unless named in --variants)
   tmix   TransMix labels (TLAlignClassifier, align='TransMixLabel'): the class token's
          attention rides along in the last block's fused call only (ViT)
   area   TLAlignClassifier with area labels: our mixer, no tracing (not run unless named)
@@ -151,6 +153,10 @@ VARIANTS = {
     'b-sep': Variant('TL-Align, separate share call', build_aligned,
                      context=lambda: alignment.share_attention_impl('separate'),
                      models=('deit-t', 'deit-s'), default=False),
+    # experimental opt-in (CUDA, fp16/bf16 under --amp): the share rides in the flash call
+    'b-flash': Variant('TL-Align, share in CUDA flash call', build_aligned,
+                       context=lambda: alignment.share_attention_impl('cuda_flash'),
+                       models=('deit-t', 'deit-s'), default=False),
     # the other label rules of TLAlignClassifier (mmtlalign.models.labels), same mixer
     'tmix': Variant('TransMix (ours, share channels)', build_with_labels('TransMixLabel'),
                     models=('deit-t', 'deit-s')),
