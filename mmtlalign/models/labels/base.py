@@ -69,7 +69,8 @@ def build_label_rule(align):
         align = dict(type=align)
     if not isinstance(align, dict) or 'type' not in align:
         raise UserInputError(f'model.align must be True (TL-Align), False (area labels of plain '
-                             f'CutMix) or a label rule dict(type=...), got {align!r}.')
+                             f'CutMix), a label rule\'s name (e.g. \'TransMixLabel\') or '
+                             f'dict(type=...), got {align!r}.')
     name = align['type']
     known = sorted(LABEL_RULES.module_dict)
     if isinstance(name, str) and name.split('.')[-1] not in known:
