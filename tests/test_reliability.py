@@ -623,6 +623,8 @@ def _bad_data_runner(env, tmp, name, data, on_error='raise', num_workers=0, fold
     loader = cfg.train_dataloader
     loader.dataset.data_root = data
     loader.num_workers = num_workers
+    # plain shuffling: with repeated augmentation 2 iterations would see 3 distinct images
+    loader.sampler = dict(type='DefaultSampler', shuffle=True)
     if folder_scan:  # classes from the folders of train/, no annotation file
         loader.dataset = dict(type='CustomDataset', data_root=data, data_prefix='train',
                               pipeline=loader.dataset.pipeline)

@@ -345,7 +345,7 @@ def test_configs_follow_mmpretrain_swin_recipes(path):
     aligned = not path.endswith('_cutmix.py')
     model = cfg.model
     assert model.type == 'TLAlignClassifier' and model.align is aligned and model.train_cfg is None
-    assert model.backbone.type == ('AlignedSwinTransformer' if aligned else 'SwinTransformer')
+    assert model.backbone.type == 'AlignedSwinTransformer'  # both arms: only model.align differs
     assert (model.backbone.arch, model.backbone.drop_path_rate, model.head.in_channels) == (
         upstream.model.backbone.arch, upstream.model.backbone.drop_path_rate,
         upstream.model.head.in_channels)

@@ -153,7 +153,8 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
     """Load ``path`` into ``model`` as mmengine will; raise unless every key fits.
 
     Args:
-        model (nn.Module): the built model (a DDP wrapper is unwrapped).
+        model (nn.Module): the built model (DDP wrappers and test-time-augmentation models
+            are unwrapped: the checkpoint holds the inner model).
         path (str): the checkpoint file.
         role (str): how the user gave it, for the message (``'--resume'``, ``'load_from'``).
 
@@ -161,10 +162,10 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
         CheckpointFitError: missing / unexpected / shape-mismatched keys.
         CheckpointLoadError: the file cannot be loaded safely.
     """
-    from mmengine.model import is_model_wrapper
+    from mmengine.model import BaseTTAModel, is_model_wrapper
 
     from .safe_load import load_checkpoint_file
-    while is_model_wrapper(model):
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     ckpt = load_checkpoint_file(path, map_location='cpu')
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
