@@ -63,6 +63,17 @@ def amp_on_cpu(monkeypatch):
                         functools.partial(torch.amp.GradScaler, 'cpu'))
 
 
+@pytest.fixture(autouse=True)
+def restore_default_scope():
+    """A Runner makes its scope ('mmengine') the current one for every later build in this
+    process; put the previous current scope back so that other tests build as before."""
+    from mmengine.registry import DefaultScope
+    before = set(DefaultScope._instance_dict)
+    yield
+    for name in set(DefaultScope._instance_dict) - before:
+        del DefaultScope._instance_dict[name]
+
+
 def train(tmp_path, model, optim_wrapper, hook=None, max_iters=6):
     data = [torch.randn(4) for _ in range(max_iters * 2)]
     runner = Runner(
