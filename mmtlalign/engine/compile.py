@@ -14,8 +14,9 @@ should not be compiled: the mixer draws the box and lambda from numpy every step
 specialise on each new value and recompile), and targets are set on ``DataSample`` objects.
 
 What we do instead. :func:`compile_model` compiles, in place, the modules that do the
-arithmetic -- ``backbone`` (its ``forward`` and, for the aligned backbones, ``forward_aligned``,
-which carries the token shares through the same graph), ``neck`` and ``head`` -- with the
+arithmetic -- ``backbone``, ``neck``, ``head`` and, on a ViT, the label rule's forward pass
+(TL-Align or TransMix: the backbone's forward with the token shares riding along, one graph) --
+with the
 config's ``compile`` options; mixing, targets, loss bookkeeping, backward and the optimizer
 step run eagerly around them. ``state_dict`` keys do not change (``nn.Module.compile`` keeps the
 module, unlike ``torch.compile(module)``, which would prefix every key with ``_orig_mod.``), so
@@ -29,6 +30,7 @@ import torch
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmpretrain.models import VisionTransformer
 
 from ..errors import UserInputError
 from ..models.dynamo import python_drop_probs
@@ -61,26 +63,40 @@ def compile_options(compile_cfg):
 def compile_model(model, **options):
     """Compile the compute of a classifier in place; everything else stays eager.
 
+    Compiled: ``backbone``, ``neck`` and ``head`` (their ``__call__``, through
+    ``nn.Module.compile``) and, on a ViT, the label rule's ``mixed_share`` (TL-Align, TransMix:
+    the backbone's forward with the token shares riding along, one graph for all blocks), or,
+    for a classifier without label rules, the backbone's ``forward_aligned``. Swin's aligned
+    forward stays eager (its tracing hooks are registered per call).
+
     Args:
         model (nn.Module): an mmpretrain-style classifier (``backbone``, optional ``neck`` and
             ``head``), unwrapped.
         **options: keyword arguments of :func:`torch.compile`.
 
     Returns:
-        list[str]: what was compiled, e.g. ``['backbone', 'backbone.forward_aligned', 'head']``.
+        list[str]: what was compiled, e.g. ``['backbone', 'head', 'label_rule.mixed_share']``.
     """
     python_drop_probs(model)  # else the graph breaks twice per block (models/dynamo.py)
     compiled = []
     for name in COMPILED_PARTS:
         module = getattr(model, name, None)
-        if not isinstance(module, torch.nn.Module):
-            continue
-        module.compile(**options)  # __call__ runs the compiled forward; parameters stay put
-        compiled.append(name)
-        if callable(getattr(module, 'forward_aligned', None)):
-            # called directly by the classifier, not through __call__: compile it as well
-            module.forward_aligned = torch.compile(module.forward_aligned, **options)
-            compiled.append(f'{name}.forward_aligned')
+        if isinstance(module, torch.nn.Module):
+            module.compile(**options)  # __call__ runs the compiled forward; parameters stay put
+            compiled.append(name)
+    # The share-carrying forward is called directly, not through the backbone's __call__.
+    # Only the ViT's tracing runs inside one graph (it swaps the blocks' attention call); Swin's
+    # observes the attention with forward hooks registered per call, which dynamo does not
+    # follow, so its aligned forward stays eager.
+    backbone = getattr(model, 'backbone', None)
+    rule = getattr(model, 'label_rule', None)
+    if isinstance(backbone, VisionTransformer):
+        if callable(getattr(rule, 'mixed_share', None)):
+            rule.mixed_share = torch.compile(rule.mixed_share, **options)
+            compiled.append('label_rule.mixed_share')
+        elif callable(getattr(backbone, 'forward_aligned', None)):
+            backbone.forward_aligned = torch.compile(backbone.forward_aligned, **options)
+            compiled.append('backbone.forward_aligned')
     if not compiled:
         raise UserInputError(f'compile=True: {type(model).__name__} has none of '
                              f'{COMPILED_PARTS} to compile; set compile=False.')

@@ -8,6 +8,7 @@ from mmpretrain.registry import MODELS
 
 from ..errors import UserInputError
 from . import alignment
+from .dynamo import python_drop_probs
 from .tracing import ShareTracingMixin
 
 
@@ -52,6 +53,7 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
         super().__init__(*args, **kwargs)
         self.residual_weight = self.check_residual_weight(residual_weight)
         check_fused_attention(self)
+        python_drop_probs(self)  # torch.compile: one graph for all blocks (see dynamo.py)
 
     def trace_shares(self, x, token_share):
         """Run :meth:`forward` with a :class:`ShareTracer`; ``tracer.history`` holds the

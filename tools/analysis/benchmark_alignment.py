@@ -13,6 +13,8 @@ Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
   tmix   TransMix labels (TLAlignClassifier, align='TransMixLabel'): the class token's
          attention rides along in the last block's fused call only (ViT)
   area   TLAlignClassifier with area labels: our mixer, no tracing (not run unless named)
+  a-comp, b-comp  a and b with compile=True as CompileRunner applies it (torch.compile of
+         backbone, head and label rule; optimizer step eager; not run unless named)
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
 interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
@@ -117,6 +119,19 @@ def build_with_labels(align):
     return build
 
 
+def compiled(build):
+    """Builder of the same model with ``compile=True`` as ``CompileRunner`` applies it
+    (backbone, neck, head and the label rule's forward compiled; optimizer step eager)."""
+
+    def build_compiled(model_name, num_classes):
+        from mmtlalign.engine.compile import compile_model
+        model = build(model_name, num_classes)
+        compile_model(model)
+        return model
+
+    return build_compiled
+
+
 def build_kdim(model_name, num_classes):
     model = build_aligned(model_name, num_classes)
     model.backbone.__class__ = KDimVisionTransformer
@@ -161,6 +176,9 @@ VARIANTS = {
     'tmix': Variant('TransMix (ours, share channels)', build_with_labels('TransMixLabel'),
                     models=('deit-t', 'deit-s')),
     'area': Variant('CutMix, area labels (ours)', build_with_labels(False), default=False),
+    # compile=True (torch.compile, inductor): the first steps compile, the timed ones do not
+    'a-comp': Variant('upstream + CutMix, compiled', compiled(build_upstream), default=False),
+    'b-comp': Variant('TL-Align, compiled', compiled(build_aligned), default=False),
 }
 
 
