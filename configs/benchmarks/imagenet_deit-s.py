@@ -1,0 +1,25 @@
+# ImageNet-1k DeiT-S, 300 epochs, 3 seeds: the paper's comparison plus TransMix and mmpretrain's
+# DeiT recipe. CutMix, TransMix and TL-Align share one recipe (grid-aligned CutMix alpha 1, no
+# Mixup, label smoothing 0.1) and differ only in the label rule; the same seed gives the three
+# arms the same initial weights, data order and CutMix boxes, so differences are paired by seed.
+#
+#   python tools/benchmark.py imagenet_deit-s --gpus 8                  # one node, cell by cell
+#   python tools/benchmark.py imagenet_deit-s --gpus 8 --dry-run        # the commands only
+#   python tools/benchmark.py imagenet_deit-s --launcher slurm --partition P --gpus 8
+#
+# Reference numbers (../shared/DESIGN.md): the official TL-Align README (paper) and mmpretrain
+# 1.2.0's DeiT-S recipe (Mixup 0.8 + CutMix 1.0), top-1 at 224.
+seeds = [0, 1, 2]
+metrics = ['top-1']
+arms = [
+    dict(name='deit', label='DeiT recipe (Mixup+CutMix)',
+         config='configs/tlalign/deit-s_8xb128_deit.py', reference=dict(mmpretrain=80.69)),
+    dict(name='cutmix', label='CutMix', config='configs/tlalign/deit-s_8xb128_cutmix.py',
+         reference=dict(paper=79.8)),
+    dict(name='transmix', label='TransMix', config='configs/tlalign/deit-s_8xb128_transmix.py',
+         baseline='cutmix'),
+    dict(name='tlalign', label='TL-Align', config='configs/tlalign/deit-s_8xb128.py',
+         baseline='cutmix', reference=dict(paper=80.6)),
+]
+# the method against the one the paper argues against, paired by seed as well
+comparisons = [('tlalign', 'transmix')]

@@ -1,0 +1,17 @@
+# ImageNet-1k Swin-T, 300 epochs, 3 seeds: TL-Align against the same-recipe CutMix baseline.
+# (No TransMix arm: TransMix weighs the partner by class-token attention and Swin has no class
+# token.) Paired by seed: same initial weights, data order and CutMix boxes in both arms.
+#
+#   python tools/benchmark.py imagenet_swin-t --gpus 8
+#   python tools/benchmark.py imagenet_swin-t --launcher slurm --partition P --gpus 16 --dry-run
+#
+# Reference numbers (../shared/DESIGN.md): the official TL-Align README (paper) and mmpretrain
+# 1.2.0's Swin-T recipe, top-1 at 224.
+seeds = [0, 1, 2]
+metrics = ['top-1']
+arms = [
+    dict(name='cutmix', label='CutMix', config='configs/tlalign/swin-t_16xb64_cutmix.py',
+         reference=dict(paper=81.2, mmpretrain=81.18)),
+    dict(name='tlalign', label='TL-Align', config='configs/tlalign/swin-t_16xb64.py',
+         baseline='cutmix', reference=dict(paper=81.4)),
+]

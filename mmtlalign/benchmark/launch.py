@@ -1,0 +1,169 @@
+"""Launching a cell exactly like a user launches ``tools/train.py``.
+
+- ``local``: ``python tools/train.py CONFIG --work-dir DIR [--resume] --cfg-options ...``;
+- ``--gpus N``: ``tools/dist_train.sh CONFIG N ...`` (torchrun; ``PORT`` from ``--port``);
+- ``--launcher slurm``: ``GPUS=N tools/slurm_train.sh PARTITION JOB CONFIG DIR ...`` (srun).
+
+Each cell's full output goes to ``<work_dir>/benchmark_output.log``; progress lines (epoch,
+iteration, loss, eta, validation) are parsed from it for the console.
+"""
+import os
+import os.path as osp
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from ..errors import UserInputError
+from .suite import ROOT
+
+LOG = 'benchmark_output.log'
+
+
+@dataclass
+class Launcher:
+    kind: str = 'local'  # 'local' | 'pytorch' (--gpus N) | 'slurm'
+    gpus: int = 1
+    gpus_per_node: int = 8
+    partition: str = None
+    port: int = None
+    python: str = sys.executable
+
+    def check(self):
+        if self.kind == 'slurm' and not self.partition:
+            raise UserInputError('--launcher slurm needs --partition NAME (the slurm partition '
+                                 'srun submits to).')
+        if self.gpus < 1:
+            raise UserInputError(f'--gpus must be >= 1, got {self.gpus}.')
+        return self
+
+
+def format_value(value):
+    """A config value as mmengine's ``--cfg-options`` parser (DictAction) reads it back."""
+    if isinstance(value, (list, tuple)):
+        inner = ','.join(format_value(v) for v in value)
+        return f'[{inner}]' if isinstance(value, list) else f'({inner})'
+    return str(value)  # True/False/None/numbers/strings round-trip through DictAction
+
+
+def option_args(options):
+    return [f'{k}={format_value(v)}' for k, v in options.items()]
+
+
+def train_args(cell, resume):
+    """tools/train.py's arguments after CONFIG (and the launcher's own)."""
+    args = ['--work-dir', cell.work_dir]
+    if resume:
+        args.append('--resume')
+    if cell.options:
+        args += ['--cfg-options', *option_args(cell.options)]
+    return args
+
+
+def command(cell, launcher, resume=False):
+    """(argv, extra environment) that trains ``cell``."""
+    if launcher.kind == 'local':
+        return [launcher.python, osp.join(ROOT, 'tools', 'train.py'), cell.config,
+                *train_args(cell, resume)], {}
+    if launcher.kind == 'pytorch':
+        env = {'PORT': str(launcher.port)} if launcher.port else {}
+        return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cell.config,
+                str(launcher.gpus), *train_args(cell, resume)], env
+    if launcher.kind == 'slurm':
+        job = f'{cell.arm}-s{cell.seed}' + ('' if cell.stage == 'train' else f'-{cell.stage}')
+        env = {'GPUS': str(launcher.gpus),
+               'GPUS_PER_NODE': str(min(launcher.gpus, launcher.gpus_per_node))}
+        args = train_args(cell, resume)[2:]  # slurm_train.sh takes the work dir positionally
+        return ['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), launcher.partition, job,
+                cell.config, cell.work_dir, *args], env
+    raise UserInputError(f'unknown launcher {launcher.kind!r}; use local, pytorch or slurm.')
+
+
+def shell_line(argv, env):
+    """One copy-pasteable shell line, paths relative to the working directory."""
+    def short(a):
+        return osp.relpath(a) if osp.isabs(a) and a.startswith(ROOT) else a
+    argv = [short(a) for a in argv]
+    if argv[0] == sys.executable:
+        argv[0] = 'python'
+    prefix = ' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())
+    return (prefix + ' ' if prefix else '') + ' '.join(shlex.quote(a) for a in argv)
+
+
+TRAIN_LINE = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\].*?eta: (\S+).*?'
+                        r'loss: ([\d.]+)')
+TRAIN_ITER = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/(\d+)\].*?eta: (\S+).*?loss: ([\d.]+)')
+VAL_LINE = re.compile(r'(Epoch|Iter)\(val\)\s*\[(\d+)(?:/\d+)?\](?:\[\s*\d+/\d+\])?\s+(\S.*?)\s+'
+                      r'data_time')
+
+
+def progress_line(line):
+    """A short status from one line of a training log, or None."""
+    if 'Epoch(train)' in line:
+        m = TRAIN_LINE.search(line)
+        if m:
+            ep, it, n, eta, loss = m.groups()
+            return f'epoch {ep} iter {it}/{n}  loss {float(loss):.3f}  eta {eta}', False
+    elif 'Iter(train)' in line:
+        m = TRAIN_ITER.search(line)
+        if m:
+            it, n, eta, loss = m.groups()
+            return f'iter {it}/{n}  loss {float(loss):.3f}  eta {eta}', False
+    elif '(val)' in line:
+        m = VAL_LINE.search(line)
+        if m:
+            kind, step, metrics = m.groups()
+            return f'{kind.lower()} {step} validation: {metrics}', True
+    return None
+
+
+def run(cell, launcher, resume, prefix, echo=print, env=None, live=True):
+    """Run one cell; its output goes to its log, progress to ``echo``. Returns (rc, seconds).
+
+    ``env``: extra environment; ``live``: on a terminal, rewrite one status line in place
+    (off when several cells run at once)."""
+    argv, extra_env = command(cell, launcher, resume)
+    os.makedirs(cell.work_dir, exist_ok=True)
+    env = dict(os.environ, **(env or {}), **extra_env)
+    env['PYTHONPATH'] = ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    # idle OpenMP threads spin by default; on a shared CPU that slowed training many-fold
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    tty = live and sys.stdout.isatty()
+    start = time.time()
+    with open(osp.join(cell.work_dir, LOG), 'a') as log:
+        log.write(f'\n# {time.strftime("%Y-%m-%d %H:%M:%S")} {shell_line(argv, extra_env)}\n')
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, bufsize=1)
+        shown = 0
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                status = progress_line(line)
+                if status is None:
+                    continue
+                msg, is_val = status
+                if tty:
+                    print('\r' + f'{prefix} {msg}'[:110].ljust(110), end='\n' if is_val else '',
+                          flush=True)
+                elif is_val or shown % 10 == 0:  # logs and pipes: a few lines per epoch
+                    echo(f'{prefix} {msg}')
+                shown += 1
+            proc.wait()
+        except BaseException:  # Ctrl-C: stop the child too, then let the caller report
+            proc.terminate()
+            proc.wait()
+            raise
+    if tty:
+        print('\r' + ' ' * 110 + '\r', end='', flush=True)
+    return proc.returncode, time.time() - start
+
+
+def log_tail(cell, n=15):
+    path = osp.join(cell.work_dir, LOG)
+    if not osp.isfile(path):
+        return ''
+    with open(path) as f:
+        return ''.join(f.readlines()[-n:])

@@ -1,0 +1,181 @@
+"""Run a suite: plan its cells, skip finished ones, resume interrupted ones, run the rest in order
+(each downstream cell after the training cell whose checkpoint it starts from), then aggregate.
+"""
+import os
+import os.path as osp
+import time
+
+from ..errors import UserInputError
+from . import launch as launching
+from .cells import plan_cells, read_marker, write_marker
+from .metrics import last_validation
+from .report import aggregate, write_all
+
+
+def fmt_time(seconds):
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f'{h}h {m:02d}m' if h else f'{m}m {s:02d}s' if m else f'{s}s'
+
+
+def _short(path):
+    """``path`` relative to the working directory when it lies below it."""
+    rel = osp.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
+def finished_checkpoint(work_dir):
+    """The checkpoint a finished run left (its ``last_checkpoint``), or None."""
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        ckpt = f.read().strip()
+    return ckpt if osp.isfile(ckpt) else None
+
+
+def expected_checkpoint(cell):
+    """Where a training cell's last checkpoint will be (for commands printed before it ran)."""
+    done = finished_checkpoint(cell.work_dir) if cell.state == 'done' else None
+    if done:
+        return done
+    try:
+        from mmengine.config import Config
+        cfg = Config.fromfile(cell.config)
+        cfg.merge_from_dict(cell.options)
+        train_cfg = cfg.train_cfg
+        if train_cfg.get('by_epoch', 'max_epochs' in train_cfg):
+            return osp.join(cell.work_dir, f'epoch_{train_cfg.max_epochs}.pth')
+        return osp.join(cell.work_dir, f'iter_{train_cfg.max_iters}.pth')
+    except Exception:  # noqa: BLE001  (only a printed hint; the real run reads last_checkpoint)
+        return osp.join(cell.work_dir, 'epoch_N.pth')
+
+
+def cell_result(cell):
+    """Metrics read from the cell's own outputs, plus what the marker recorded."""
+    marker = read_marker(cell.work_dir) or {}
+    metrics = last_validation(cell.work_dir, cell.metrics)
+    missing = [m.name for m in cell.metrics if m.name not in metrics]
+    return dict(metrics={k: v for k, v in metrics.items() if k != 'step'},
+                step=metrics.get('step'), missing=missing,
+                checkpoint=finished_checkpoint(cell.work_dir),
+                wall_s=marker.get('wall_s'))
+
+
+def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=None,
+              dry_run=False, jobs=1, echo=print):
+    """Run (or with ``dry_run`` print) every cell of ``suite``; write the three results files.
+
+    Args:
+        jobs (int): cells run side by side (local launcher only). Small models use a CPU core
+            poorly with several threads: two one-thread cells on two cores train about twice
+            as fast as one two-thread cell. Each cell gets ``cores // jobs`` OpenMP threads.
+
+    Returns:
+        (results dict or None for a dry run, list of failed cells)
+    """
+    launcher.check()
+    if jobs > 1 and launcher.kind != 'local':
+        raise UserInputError('--jobs > 1 runs cells side by side on this machine; with --gpus '
+                             'or slurm each cell already takes its GPUs: use --jobs 1.')
+    work_root = osp.abspath(work_root)
+    cells = plan_cells(suite, work_root, cfg_options, downstream_options)
+    counts = {s: sum(c.state == s for c in cells) for s in ('done', 'partial', 'new')}
+    echo(f'suite {suite.name}: {len(suite.arms)} arm(s) x {len(suite.seeds)} seed(s)' +
+         (f' x (1 + {len(suite.downstream)} downstream)' if suite.downstream else '') +
+         f' = {len(cells)} cell(s) in {work_root}: {counts["done"]} finished, '
+         f'{counts["partial"]} to resume, {counts["new"]} to run' +
+         (f', {jobs} at a time' if jobs > 1 and not dry_run else ''))
+    run = _Run(cells, launcher, echo, jobs)
+    for i, cell in enumerate(cells, 1):
+        cell.prefix = f'[{i}/{len(cells)}] {cell.name}:'
+        if cell.state == 'done':
+            cell.result = cell_result(cell)
+            shown = ', '.join(f'{k} {v:.2f}' for k, v in cell.result['metrics'].items())
+            echo(f'{cell.prefix} finished earlier, skipped ({shown})')
+        elif dry_run:
+            run.attach_checkpoint(cell, dry_run=True)
+            argv, env = launching.command(cell, launcher, cell.state == 'partial')
+            echo(('# resume\n' if cell.state == 'partial' else '') +
+                 launching.shell_line(argv, env))
+    if dry_run:
+        return None, []
+    run.all()
+    os.makedirs(work_root, exist_ok=True)
+    results = aggregate(suite, cells, work_root)
+    results['files'] = write_all(results, work_root)
+    return results, run.failed
+
+
+class _Run:
+    """Runs the unfinished cells, ``jobs`` at a time, each downstream cell after its parent."""
+
+    def __init__(self, cells, launcher, echo, jobs):
+        self.cells, self.launcher, self.echo, self.jobs = cells, launcher, echo, max(1, jobs)
+        self.failed, self.walls = [], []
+        self.todo = [c for c in cells if c.state != 'done']
+        self.env = {}
+        if self.jobs > 1 and 'OMP_NUM_THREADS' not in os.environ:
+            self.env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+
+    def attach_checkpoint(self, cell, dry_run=False):
+        """A downstream cell starts from its training cell's last checkpoint."""
+        if cell.parent is None:
+            return
+        ckpt = (expected_checkpoint(cell.parent) if dry_run else
+                finished_checkpoint(cell.parent.work_dir))
+        if ckpt is None:
+            raise UserInputError(f'{cell.parent.work_dir} finished without a checkpoint for '
+                                 f'{cell.stage}; keep checkpointing on in its config.')
+        cell.options[cell.checkpoint_key] = ckpt
+
+    def all(self):
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        pending, running = list(self.todo), {}
+        with ThreadPoolExecutor(self.jobs) as pool:
+            while pending or running:
+                for cell in list(pending):
+                    if len(running) >= self.jobs:
+                        break
+                    parent = cell.parent
+                    if parent is not None and any(f is parent for f in self.failed):
+                        self.echo(f'{cell.prefix} skipped (its training cell failed)')
+                        self.failed.append(cell)
+                        pending.remove(cell)
+                    elif parent is None or parent.state == 'done':
+                        pending.remove(cell)
+                        running[pool.submit(self.one, cell)] = cell
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    future.result()  # re-raise what went wrong in the launcher itself
+
+    def one(self, cell):
+        self.attach_checkpoint(cell)
+        resume = cell.state == 'partial'
+        left = len(self.todo) - len(self.walls)
+        eta = (f', about {fmt_time(sum(self.walls) / len(self.walls) * left / self.jobs)} '
+               'left' if self.walls else '')
+        self.echo(f'{cell.prefix} {"resuming from its last checkpoint" if resume else "training"}'
+                  f' ({left} cell(s) to run{eta}) -- log: '
+                  f'{_short(osp.join(cell.work_dir, launching.LOG))}')
+        write_marker(cell, 'running')
+        rc, wall = launching.run(cell, self.launcher, resume, cell.prefix, self.echo,
+                                 env=self.env, live=self.jobs == 1)
+        self.walls.append(wall)
+        result = cell_result(cell)
+        if rc != 0 or result['missing']:
+            why = (f'exit code {rc}' if rc else
+                   f'no {", ".join(result["missing"])} in its validation scalars')
+            self.echo(f'{cell.prefix} FAILED ({why}); last lines of its log:\n' +
+                      launching.log_tail(cell))
+            self.failed.append(cell)
+            return
+        result['wall_s'] = wall
+        write_marker(cell, 'done', metrics=result['metrics'], step=result['step'],
+                     checkpoint=result['checkpoint'], wall_s=wall)
+        cell.state, cell.result = 'done', result
+        shown = ', '.join(f'{k} {v:.2f}' for k, v in result['metrics'].items())
+        self.echo(f'{cell.prefix} done: {shown} ({fmt_time(wall)})')

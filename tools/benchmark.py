@@ -1,0 +1,81 @@
+"""Run a benchmark suite: every arm × seed (and downstream stage) of a suite config, then the
+per-arm mean ± std and the paired differences with 95% confidence intervals.
+
+    python tools/benchmark.py SUITE [--seeds 0 1 2] [--arms cutmix tlalign] [--work-dir DIR]
+        [--cfg-options k=v ...] [--gpus N | --launcher slurm --partition P] [--dry-run]
+
+SUITE is a file or a name in configs/benchmarks/ (fmnist, imagenet_deit-s, imagenet_swin-t,
+downstream_swin-t). Each cell trains through tools/train.py (``--gpus N``: tools/dist_train.sh;
+``--launcher slurm``: tools/slurm_train.sh) in ``WORK/<arm>/seed<seed>``; finished cells are
+skipped and interrupted ones resumed when run again. Writes WORK/results.{json,md,png}.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description='Run a benchmark suite (arms x seeds) and '
+                                'aggregate it with paired confidence intervals.')
+    p.add_argument('suite', help='suite file, or a name in configs/benchmarks/')
+    p.add_argument('--seeds', nargs='+', type=int, help="replace the suite's seeds")
+    p.add_argument('--arms', nargs='+', help='run only these arms (by name)')
+    p.add_argument('--work-dir', help='root of the cells\' work dirs and the results '
+                   '(default: work_dirs/benchmarks/<suite>)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   help='config overrides applied to every training cell, key=value')
+    p.add_argument('--downstream-cfg-options', nargs='+', action=DictAction, default={},
+                   help='config overrides applied to every downstream cell, key=value')
+    p.add_argument('--gpus', type=int, default=1,
+                   help='GPUs per cell; > 1 launches through tools/dist_train.sh (torchrun)')
+    p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                   help='none: tools/train.py (or torchrun with --gpus > 1); slurm: '
+                   'tools/slurm_train.sh (srun)')
+    p.add_argument('--partition', help='slurm partition (with --launcher slurm)')
+    p.add_argument('--gpus-per-node', type=int, default=8, help='slurm: GPUs per node')
+    p.add_argument('--port', type=int, help='torchrun master port (PORT of dist_train.sh)')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='cells run side by side on this machine (CPU: one per core trains '
+                   'small models fastest)')
+    p.add_argument('--dry-run', action='store_true',
+                   help='print the command of every cell that would run, and run nothing')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmtlalign.benchmark import Launcher, load_suite, run_suite, table_rows, text_table
+    from mmtlalign.errors import UserInputError
+    try:
+        suite = load_suite(args.suite, arms=args.arms, seeds=args.seeds)
+        kind = 'slurm' if args.launcher == 'slurm' else \
+            'pytorch' if args.launcher == 'pytorch' or args.gpus > 1 else 'local'
+        launcher = Launcher(kind=kind, gpus=args.gpus, gpus_per_node=args.gpus_per_node,
+                            partition=args.partition, port=args.port)
+        work_dir = args.work_dir or osp.join('work_dirs', 'benchmarks', suite.name)
+        results, failed = run_suite(suite, work_dir, launcher, args.cfg_options,
+                                    args.downstream_cfg_options, dry_run=args.dry_run,
+                                    jobs=args.jobs)
+    except UserInputError as e:
+        sys.exit(f'error: {e}')
+    except KeyboardInterrupt:
+        sys.exit('interrupted; run the same command again to resume the unfinished cells.')
+    if results is None:
+        return None
+    for metric in results['metrics']:
+        print(f'\n{metric["name"]}' + ('' if metric['stage'] == 'train'
+                                       else f' ({metric["stage"]})'))
+        print(text_table(*table_rows(results, metric)))
+    print('\n' + results['verdict'])
+    print('results: ' + ', '.join(osp.relpath(p) for p in results['files'].values()))
+    if failed:
+        sys.exit(f'error: {len(failed)} cell(s) failed: ' + ', '.join(c.name for c in failed) +
+                 '; see their benchmark_output.log, then run the same command again.')
+    return results
+
+
+if __name__ == '__main__':
+    main()
