@@ -69,6 +69,21 @@ def test_aligned_vit_traces_12_blocks_in_one_graph():
     assert counter.frame_count == 1
 
 
+def test_gpu_attention_path_is_one_graph_too():
+    """The path CUDA takes (upstream's call + a gradient-free share call), forced on CPU."""
+    from mmtlalign.models import alignment
+    backbone = narrow_vit(12)
+    backbone.eval()  # no drop-path draws: compiled and eager see the same features
+    x, share = torch.randn(2, 3, 16, 16), torch.rand(2, 4)
+    with alignment.share_attention_impl('separate'):
+        explanation = torch._dynamo.explain(backbone.forward_aligned)(x, share)
+        (feats, ), out_share = torch.compile(backbone.forward_aligned, backend='eager')(x, share)
+        (ref_feats, ), ref_share = backbone.forward_aligned(x, share)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+    torch.testing.assert_close(out_share, ref_share)
+    torch.testing.assert_close(feats, ref_feats)
+
+
 def test_numpy_drop_path_rates_would_break_the_graph_in_every_block():
     """The cause python_drop_probs removes: mmpretrain's np.linspace drop-path rates."""
     backbone = narrow_vit(3)
