@@ -20,6 +20,8 @@ from ..errors import UserInputError
 from .suite import ROOT
 
 LOG = 'benchmark_output.log'
+#: training processes running now (stopped by :func:`stop_all` when the benchmark is stopped)
+RUNNING = set()
 
 
 @dataclass
@@ -137,6 +139,7 @@ def run(cell, launcher, resume, prefix, echo=print, env=None, live=True):
         log.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, bufsize=1)
+        RUNNING.add(proc)
         shown = 0
         try:
             for line in proc.stdout:
@@ -156,9 +159,20 @@ def run(cell, launcher, resume, prefix, echo=print, env=None, live=True):
             proc.terminate()
             proc.wait()
             raise
+        finally:
+            RUNNING.discard(proc)
     if tty:
         print('\r' + ' ' * 110 + '\r', end='', flush=True)
     return proc.returncode, time.time() - start
+
+
+def stop_all():
+    """Terminate the training processes still running (the benchmark itself is stopping);
+    each keeps its last checkpoint, so the next run resumes it."""
+    for proc in list(RUNNING):
+        proc.terminate()
+    for proc in list(RUNNING):
+        proc.wait()
 
 
 def log_tail(cell, n=15):

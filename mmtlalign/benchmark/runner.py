@@ -130,27 +130,37 @@ class _Run:
         cell.options[cell.checkpoint_key] = ckpt
 
     def all(self):
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from concurrent.futures import ThreadPoolExecutor
         pending, running = list(self.todo), {}
-        with ThreadPoolExecutor(self.jobs) as pool:
-            while pending or running:
-                for cell in list(pending):
-                    if len(running) >= self.jobs:
-                        break
-                    parent = cell.parent
-                    if parent is not None and any(f is parent for f in self.failed):
-                        self.echo(f'{cell.prefix} skipped (its training cell failed)')
-                        self.failed.append(cell)
-                        pending.remove(cell)
-                    elif parent is None or parent.state == 'done':
-                        pending.remove(cell)
-                        running[pool.submit(self.one, cell)] = cell
-                if not running:
+        pool = ThreadPoolExecutor(self.jobs)
+        try:
+            self._loop(pool, pending, running)
+        except BaseException:  # Ctrl-C / SIGTERM: stop the cells' processes too
+            launching.stop_all()
+            raise
+        finally:
+            pool.shutdown(wait=True)  # quick: the cells have finished or were stopped
+
+    def _loop(self, pool, pending, running):
+        from concurrent.futures import FIRST_COMPLETED, wait
+        while pending or running:
+            for cell in list(pending):
+                if len(running) >= self.jobs:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    running.pop(future)
-                    future.result()  # re-raise what went wrong in the launcher itself
+                parent = cell.parent
+                if parent is not None and any(f is parent for f in self.failed):
+                    self.echo(f'{cell.prefix} skipped (its training cell failed)')
+                    self.failed.append(cell)
+                    pending.remove(cell)
+                elif parent is None or parent.state == 'done':
+                    pending.remove(cell)
+                    running[pool.submit(self.one, cell)] = cell
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                future.result()  # re-raise what went wrong in the launcher itself
 
     def one(self, cell):
         self.attach_checkpoint(cell)

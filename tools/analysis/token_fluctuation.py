@@ -155,10 +155,18 @@ def trace_batch(model, mixer, data):
     ya, yb = labels, labels[mixed.partner]
     pa = probs.gather(1, ya[:, None])[:, 0]
     pb = probs.gather(1, yb[:, None])[:, 0]
-    pred = torch.where(ya != yb, pb / (pa + pb).clamp_min(1e-12), torch.nan)
+    # an image the box left whole (or paired with itself) is unmixed: no pair to judge, and
+    # counting it would make a tie of area = aligned = 0
+    is_mixed = getattr(mixed, 'mixed', None)
+    if is_mixed is None:
+        is_mixed = (mixed.partner != torch.arange(len(labels), device=labels.device)) & \
+            (mixed.area_share > 0)
+    is_mixed = torch.as_tensor(is_mixed, dtype=torch.bool, device=labels.device)
+    pred = torch.where(is_mixed & (ya != yb), pb / (pa + pb).clamp_min(1e-12), torch.nan)
     maps = backbone.share_maps(tracer)
     return dict(
         area=mixed.area_share.cpu().numpy(),
+        mixed=is_mixed.cpu().numpy(),
         blocks=blocks.cpu().numpy(),
         final=final.cpu().numpy(),
         pred=pred.cpu().numpy(),
@@ -174,7 +182,7 @@ def stage_ends(grids):
     return [i + 1 for i in range(len(grids) - 1) if grids[i] != grids[i + 1]]
 
 
-def summarise(area, blocks, final, pred):
+def summarise(area, blocks, final, pred, mixed=None):
     drift = np.abs(blocks - area[None])  # (L, N)
     fluct = np.abs(final - area)
     valid = ~np.isnan(pred)
@@ -189,6 +197,7 @@ def summarise(area, blocks, final, pred):
         mean_signed_drift=float((final - area).mean()),
         per_block_mean_drift=[float(v) for v in drift.mean(axis=1)],
         num_pred_pairs=int(valid.sum()),
+        num_unmixed=int(area.size - mixed.sum()) if mixed is not None else None,
     )
     if valid.any():
         err_aligned = np.abs(pred[valid] - final[valid])
@@ -364,7 +373,8 @@ def run(args):
     blocks = np.concatenate([b['blocks'] for b in batches], axis=1)
     final = np.concatenate([b['final'] for b in batches])
     pred = np.concatenate([b['pred'] for b in batches])
-    summary = summarise(area, blocks, final, pred)
+    summary = summarise(area, blocks, final, pred,
+                        np.concatenate([b['mixed'] for b in batches]))
     summary.update(config=args.config, checkpoint=args.checkpoint, backbone=backbone_name,
                    output=getattr(model.backbone, 'out_type', 'avg_featmap'), mode=args.mode,
                    cutmix_alpha=mixer.cutmix_alpha)
@@ -403,6 +413,9 @@ def print_summary(s):
               f'the area share for {100 * s["pred_closer_to_aligned"]:.0f}% of '
               f'{s["num_pred_pairs"]} mixed pairs of different classes (MAE '
               f'{s["pred_mae_vs_aligned"]:.3f} vs {s["pred_mae_vs_area"]:.3f})')
+    if s.get('num_unmixed'):
+        print(f'  {s["num_unmixed"]} of {s["num_images"]} images were left unmixed by their box '
+              '(empty box or paired with themselves): not counted as pairs')
     for key, path in s['files'].items():
         print(f'  {key}: {path}')
 
