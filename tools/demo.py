@@ -25,6 +25,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: the default schedule of a cell (see configs/tlalign/demo/fmnist_vit_cutmix.py)
 EPOCHS, SUBSET, VAL_SUBSET, BATCH = 4, 20000, 2000, 32
 TRAIN_IMAGES = 60000  # in Fashion-MNIST's training split
+PATCH = 7  # the demo ViT's patch size
 
 
 def budget_schedule(budget):
@@ -62,8 +63,9 @@ def parse_args(argv=None):
                    help='where the cells, plots and results go')
     p.add_argument('--data', metavar='PATH',
                    help='your own ImageNet-layout folder instead of Fashion-MNIST')
-    p.add_argument('--img-size', type=int, default=32,
-                   help='with --data: images are resized/cropped to this size (a multiple of 4)')
+    p.add_argument('--img-size', type=int, default=28,
+                   help=f'with --data: images are resized/cropped to this size (a multiple of '
+                   f'the patch size {PATCH})')
     p.add_argument('--fmnist-root', default=None,
                    help='folder of the prepared Fashion-MNIST idx files (default: '
                    '$MMTLALIGN_CACHE/fashion-mnist, ~/.cache/mmtlalign/fashion-mnist)')
@@ -90,8 +92,8 @@ def parse_args(argv=None):
         p.error('--subset and --val-subset must be >= 0 (0: all images)')
     if args.batch_size < 2:
         p.error('--batch-size must be >= 2 (CutMix pairs images within a batch)')
-    if args.img_size % 4:
-        p.error(f'--img-size must be a multiple of the patch size 4, got {args.img_size}')
+    if args.img_size % PATCH:
+        p.error(f'--img-size must be a multiple of the patch size {PATCH}, got {args.img_size}')
     return args
 
 

@@ -7,6 +7,7 @@ per arm × seed, finished cells skipped, interrupted ones resumed) and
 ``tools/analysis/token_fluctuation.py``.
 """
 import json
+import math
 import os
 import os.path as osp
 import subprocess
@@ -241,6 +242,20 @@ def demo_table(results, suite, cells, analyses):
     return text_table(head, out)
 
 
+def warmup_options(n_train, batch_size, epochs, warmup=0.3):
+    """The demo's warm-up lasts 0.3 epoch (param_scheduler.0.end); on tiny data that would be
+    0 steps (mmengine then refuses the schedule): make it at least one step."""
+    steps = math.ceil(n_train / batch_size)
+    if steps * epochs < 2:
+        raise UserInputError(f'{n_train} training images at batch {batch_size} for {epochs} '
+                             'epoch(s) is a single step: use more images, a smaller '
+                             '--batch-size or more --epochs.')
+    if int(warmup * steps) >= 1:
+        return {}
+    warmup = 1 / steps
+    return {'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup}
+
+
 def run_demo(args):
     """The main job; ``args`` from tools/demo.py. Returns the results dict."""
     import time
@@ -261,6 +276,7 @@ def run_demo(args):
             arm.config, num_classes, splits = folder_config(
                 args.data, arm.config, osp.join(work_root, 'configs', arm.name), args.img_size,
                 args.subset, args.val_subset)
+        n_train = splits['train']['n']
         dataset = (f'{args.data} ({num_classes} classes, {splits["train"]["n"]} training / '
                    f'{splits["val"]["n"]} validation images at {args.img_size}x{args.img_size})')
     else:
@@ -270,8 +286,10 @@ def run_demo(args):
         except FashionMNISTError as e:
             raise UserInputError(str(e)) from e
         options.update(fmnist_options(root, args.subset, args.val_subset))
+        n_train = args.subset or 60000
         dataset = (f'Fashion-MNIST ({args.subset or "all 60000"} training / '
                    f'{args.val_subset or "all 10000"} test images, 28x28)')
+    options.update(warmup_options(n_train, args.batch_size, args.epochs))
     options.update(args.cfg_options or {})
     say(f'data: {dataset}; {args.epochs} epoch(s) per cell, batch {args.batch_size}; arms '
         f'{", ".join(a.label for a in suite.arms)} x seeds {suite.seeds}')
