@@ -62,6 +62,26 @@ def test_paired_interval_by_hand():
     assert one['ci'] is None and one['excludes_zero'] is None
 
 
+def test_verdict_names_only_differences_beyond_the_noise():
+    from mmtlalign.benchmark import verdict
+
+    def comp(label, arm, base):
+        return dict(metric='top-1', label=label, **paired_difference(arm, base))
+    base = {0: 80.0, 1: 80.0, 2: 80.0}
+    real = comp('TL-Align - CutMix', {0: 81.0, 1: 81.1, 2: 80.9}, base)  # +1.0 +- 0.1
+    noise = comp('TransMix - CutMix', {0: 80.5, 1: 79.1, 2: 80.9}, base)  # +0.17 +- 0.95
+    results = dict(metrics=[dict(name='top-1')], comparisons=[real, noise])
+    line = verdict(results)
+    assert 'TL-Align is above CutMix beyond the seed noise' in line
+    assert 'TransMix is' not in line and 'the rest is within it' in line
+    assert '+1.00 [+0.75, +1.25]' in line  # mean [CI] of the real one, by hand: t=4.303*.1/√3
+    results['comparisons'] = [noise]
+    line = verdict(results)
+    assert 'no difference exceeds the seed noise' in line and 'above' not in line
+    one = comp('TL-Align - CutMix', {0: 90.0}, {0: 80.0})  # one seed: no interval, no winner
+    assert 'no verdict' in verdict(dict(metrics=[dict(name='top-1')], comparisons=[one]))
+
+
 # ------------------------------------------------------------------------------------------
 # suites
 # ------------------------------------------------------------------------------------------
