@@ -25,6 +25,15 @@ FMNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal
                   'Sneaker', 'Bag', 'Ankle boot')
 
 
+@pytest.fixture(autouse=True)
+def mmpretrain_scope():
+    """As in a fresh process: earlier tests (mmseg / mmdet runs) leave their scope current, and
+    the inferencer would then build its pipeline from that toolbox's transforms."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
+
+
 @pytest.fixture(scope='module')
 def demo_checkpoint(tmp_path_factory):
     """The demo TL-Align model's weights, saved as mmengine saves them (with class names)."""
