@@ -61,6 +61,36 @@ test_dataloader = val_dataloader
 """
 
 
+def tiny_deit_config(base, num_classes=None):
+    """A 2-block, 48-dim DeiT at 64 px on top of ``base`` (an mmpretrain::... config or a path
+    to one of ours), as a user would shrink a recipe; ``num_classes`` for the head (else the
+    base's, overridden by :func:`tiny_cls_options` when trained)."""
+    head = f'in_channels=48, num_classes={num_classes}' if num_classes else 'in_channels=48'
+
+    imports = ("custom_imports = dict(imports=['mmtlalign'], allow_failed_imports=False)\n"
+               if base.startswith('mmpretrain::') else '')
+    return TINY_64PX_PIPELINES + f"""
+_base_ = {base!r}
+{imports}model = dict(backbone=dict(img_size=64, patch_size=16,
+                           arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
+                                     feedforward_channels=96)),
+             head=dict({head}))
+randomness = dict(seed=0)
+"""
+
+
+def train_tool(config, work_dir, data_root, *extra, options=()):
+    """Run ``tools/train.py`` on the tiny data as a subprocess; the CompletedProcess."""
+    import subprocess
+    import sys
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, osp.join(root, 'tools', 'train.py'), str(config), '--work-dir',
+         work_dir, *extra, '--cfg-options', *tiny_cls_options(data_root), *options],
+        capture_output=True, text=True, timeout=900, cwd=root,
+        env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1'))
+
+
 def tiny_cls_options(data_root, num_classes=4, batch_size=4, epochs=1, img_size=224):
     """--cfg-options that shrink an ImageNet classification config to a tiny run."""
     return [

@@ -8,8 +8,6 @@ and the mixing eager (see mmtlalign/engine/compile.py). Graphs are counted with 
 import copy
 import glob
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -171,14 +169,7 @@ def test_compile_option_values():
 
 
 # ----------------------------------------------------------------------------- the tool
-TINY_TLALIGN = datagen.TINY_64PX_PIPELINES + """
-_base_ = '{root}/configs/tlalign/deit-t_8xb128.py'
-model = dict(backbone=dict(img_size=64, patch_size=16,
-                           arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
-                                     feedforward_channels=96)),
-             head=dict(in_channels=48))
-randomness = dict(seed=0)
-"""
+TINY_TLALIGN = datagen.tiny_deit_config(osp.join(ROOT, 'configs/tlalign/deit-t_8xb128.py'))
 
 
 @pytest.mark.slow
@@ -188,13 +179,9 @@ def test_train_tool_with_compile_true(tmp_path):
     checkpoint that loads into an eager model."""
     data = datagen.make_imagenet(str(tmp_path / 'imagenet'), per_class=2, val_per_class=1)
     config = tmp_path / 'tiny_tlalign.py'
-    config.write_text(TINY_TLALIGN.format(root=ROOT))
+    config.write_text(TINY_TLALIGN)
     work_dir = str(tmp_path / 'work')
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', work_dir,
-         '--cfg-options', *datagen.tiny_cls_options(data), 'compile=True'],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env=dict(__import__('os').environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    result = datagen.train_tool(config, work_dir, data, options=['compile=True'])
     assert result.returncode == 0, result.stderr[-3000:]
     log = open(sorted(glob.glob(osp.join(work_dir, '*', '*.log')))[-1]).read()
     assert 'applied to backbone, head, label_rule.mixed_share' in log

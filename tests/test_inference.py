@@ -7,8 +7,6 @@
 """
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -88,14 +86,8 @@ def test_inferencer_takes_colour_image_files_for_the_grey_demo_model(demo_checkp
     assert [r['pred_scores'].shape for r in results] == [(10, ), (10, )]
 
 
-TINY_TLALIGN = datagen.TINY_64PX_PIPELINES + """
-_base_ = '{root}/configs/tlalign/deit-t_8xb128.py'
-model = dict(backbone=dict(img_size=64, patch_size=16,
-                           arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
-                                     feedforward_channels=96)),
-             head=dict(in_channels=48, num_classes=4))
-randomness = dict(seed=0)
-"""
+TINY_TLALIGN = datagen.tiny_deit_config(osp.join(ROOT, 'configs/tlalign/deit-t_8xb128.py'),
+                                        num_classes=4)  # get_model reads it without options
 
 
 @pytest.mark.slow
@@ -104,13 +96,9 @@ def test_inference_on_a_trained_tlalign_checkpoint(tmp_path):
     weights_only) and agree with each other and with the model's own predict()."""
     data = datagen.make_imagenet(str(tmp_path / 'imagenet'), per_class=2, val_per_class=1)
     config = tmp_path / 'tiny_tlalign.py'
-    config.write_text(TINY_TLALIGN.format(root=ROOT))
+    config.write_text(TINY_TLALIGN)
     work_dir = str(tmp_path / 'work')
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', work_dir,
-         '--no-validate', '--cfg-options', *datagen.tiny_cls_options(data)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    result = datagen.train_tool(config, work_dir, data, '--no-validate')
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = osp.join(work_dir, 'epoch_1.pth')
 

@@ -2,8 +2,6 @@
 import glob
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 from mmengine.config import Config
@@ -14,14 +12,7 @@ from mmtlalign.errors import UserInputError
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-TINY_TLALIGN = datagen.TINY_64PX_PIPELINES + """
-_base_ = '{root}/configs/tlalign/deit-t_8xb128.py'
-model = dict(backbone=dict(img_size=64, patch_size=16,
-                           arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
-                                     feedforward_channels=96)),
-             head=dict(in_channels=48))
-randomness = dict(seed=0)
-"""
+TINY_TLALIGN = datagen.tiny_deit_config(osp.join(ROOT, 'configs/tlalign/deit-t_8xb128.py'))
 
 
 def test_add_tensorboard_keeps_the_other_backends():
@@ -48,13 +39,9 @@ def test_train_tool_writes_tensorboard_events(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     data = datagen.make_imagenet(str(tmp_path / 'imagenet'), per_class=2, val_per_class=1)
     config = tmp_path / 'tiny_tlalign.py'
-    config.write_text(TINY_TLALIGN.format(root=ROOT))
+    config.write_text(TINY_TLALIGN)
     work_dir = str(tmp_path / 'work')
-    result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', work_dir,
-         '--tensorboard', '--cfg-options', *datagen.tiny_cls_options(data)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    result = datagen.train_tool(config, work_dir, data, '--tensorboard')
     assert result.returncode == 0, result.stderr[-3000:]
     events = glob.glob(osp.join(work_dir, '*', 'vis_data', 'events.out.tfevents.*'))
     assert len(events) == 1, os.listdir(work_dir)

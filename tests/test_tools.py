@@ -19,15 +19,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
 
 # A config that inherits mmpretrain's DeiT recipe directly, as a user would write it.
-DEIT_CONFIG = datagen.TINY_64PX_PIPELINES + """
-_base_ = 'mmpretrain::deit/deit-tiny_4xb256_in1k.py'
-custom_imports = dict(imports=['mmtlalign'], allow_failed_imports=False)
-model = dict(backbone=dict(img_size=64, patch_size=16,
-                           arch=dict(_delete_=True, embed_dims=48, num_layers=2, num_heads=3,
-                                     feedforward_channels=96)),
-             head=dict(in_channels=48))
-randomness = dict(seed=0)
-"""
+DEIT_CONFIG = datagen.tiny_deit_config('mmpretrain::deit/deit-tiny_4xb256_in1k.py')
 
 
 def free_port():
