@@ -45,17 +45,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def stop_on_sigterm():
-    """SIGTERM stops like Ctrl-C: the running cells' processes are stopped with us."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv=None):
     args = parse_args(argv)
+    from mmtlalign.benchmark.launch import stop_on_sigterm
     stop_on_sigterm()
     from mmtlalign.benchmark import Launcher, load_suite, run_suite, table_rows, text_table
     from mmtlalign.errors import UserInputError

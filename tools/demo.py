@@ -97,17 +97,9 @@ def parse_args(argv=None):
     return args
 
 
-def stop_on_sigterm():
-    """SIGTERM stops like Ctrl-C: the running cells' processes are stopped with us."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv=None):
     args = parse_args(argv)
+    from mmtlalign.benchmark.launch import stop_on_sigterm
     stop_on_sigterm()
     from mmtlalign.benchmark.demo import run_demo
     from mmtlalign.errors import UserInputError

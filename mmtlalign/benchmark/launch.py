@@ -181,3 +181,12 @@ def log_tail(cell, n=15):
         return ''
     with open(path) as f:
         return ''.join(f.readlines()[-n:])
+
+
+def stop_on_sigterm():
+    """SIGTERM stops like Ctrl-C: the running cells' processes are stopped with us."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
