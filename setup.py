@@ -6,7 +6,7 @@ into an existing OpenMMLab environment keeps its torch and mmcv; the exact, test
 
 * ``torch>=2.6``: checkpoints load with ``weights_only=True`` through
   ``torch.serialization.safe_globals`` with ``(stand-in, 'module.name')`` pairs
-  (mmtlalign/utils/safe_load.py), which torch 2.6 introduced; ``nn.Module.compile`` and the
+  (mmtlalign/checkpoint/loader.py), which torch 2.6 introduced; ``nn.Module.compile`` and the
   ``scale=`` argument of ``scaled_dot_product_attention`` are older. No upper bound: mmcv is
   compiled against the installed torch, whichever it is.
 * ``torchvision>=0.21``: the release paired with torch 2.6 (mmpretrain imports it).

@@ -14,3 +14,7 @@ class UserInputError(ValueError):
 class UserTypeError(UserInputError, TypeError):
     """A :class:`UserInputError` about the wrong kind of component (e.g. a backbone without
     ``forward_aligned``)."""
+
+
+class DownstreamCheckError(UserInputError):
+    """A downstream run cannot work as configured; the message says why and what to do."""

@@ -144,7 +144,7 @@ def _official_swin_layout(timm_model):
 
 @pytest.mark.parametrize('layout', ['timm-1.0', 'official'])
 def test_timm_swin_to_mmpretrain_matches_timm(layout, tmp_path):
-    from mmtlalign import converters
+    from mmtlalign.checkpoint import convert as converters
     timm_model = _random_timm('swin_tiny_patch4_window7_224')
     sd = timm_model.state_dict() if layout == 'timm-1.0' else _official_swin_layout(timm_model)
     if layout == 'timm-1.0':
@@ -171,7 +171,7 @@ def test_timm_swin_to_mmpretrain_matches_timm(layout, tmp_path):
 def test_timm_backbone_only_and_conversion_errors(tmp_path):
     from mmpretrain.models import VisionTransformer
 
-    from mmtlalign import converters
+    from mmtlalign.checkpoint import convert as converters
     timm_sd = _random_timm('deit_tiny_patch16_224').state_dict()
     backbone, arch, _ = converters.timm_to_mmpretrain(timm_sd, backbone_only=True)
     vit = VisionTransformer(arch='deit-tiny')
@@ -255,7 +255,7 @@ def test_config_builds_fits_and_infers(config, ade20k, coco, classifier_ckpts):
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import DATASETS
 
-    from mmtlalign.utils.downstream_checks import backbone_load_report
+    from mmtlalign.engine.downstream_checks import backbone_load_report
     cfg = _config(config)
     scope = cfg.default_scope
     assert scope in ('mmseg', 'mmdet')
@@ -313,9 +313,9 @@ def _save(path, sd):
 def test_mismatched_checkpoint_errors(vit_backbone, classifier_ckpts, tmp_path):
     from mmpretrain.models import VisionTransformer
 
-    from mmtlalign.utils.downstream_checks import (DownstreamCheckError,
+    from mmtlalign.engine.downstream_checks import (DownstreamCheckError,
                                                    check_pretrained_backbone)
-    from mmtlalign.utils.launch import UserInputError
+    from mmtlalign.cli.launch import UserInputError
     assert issubclass(DownstreamCheckError, UserInputError)
     check = check_pretrained_backbone
     cls = classifier_ckpts['vit']
@@ -358,7 +358,7 @@ def test_hook_checks_before_training_only(vit_backbone, classifier_ckpts, tmp_pa
     from mmengine.logging import MMLogger
     from mmengine.runner import BaseLoop
 
-    from mmtlalign.utils.downstream_checks import DownstreamCheckError, DownstreamChecksHook
+    from mmtlalign.engine.downstream_checks import DownstreamCheckError, DownstreamChecksHook
 
     class Loop(BaseLoop):
         def run(self):
@@ -389,7 +389,7 @@ def test_hook_checks_before_training_only(vit_backbone, classifier_ckpts, tmp_pa
 @pytest.mark.parametrize('config', DOWNSTREAM_CONFIGS, ids=osp.basename)
 def test_missing_dataset_root(config, tmp_path, monkeypatch):
     """The upstream dataset configs hit tools/train.py's and tools/test.py's data-root check."""
-    from mmtlalign.utils import launch
+    from mmtlalign.cli import launch
     monkeypatch.chdir(tmp_path)  # the configs' relative data/ade, data/coco do not exist here
     cfg = launch.load_config(config)
     loaders = ['test_dataloader'] if config.endswith('_ms.py') else ['train_dataloader',
@@ -399,7 +399,7 @@ def test_missing_dataset_root(config, tmp_path, monkeypatch):
 
 
 def test_mmcv_without_cuda_ops_on_gpu(monkeypatch):
-    from mmtlalign.utils import downstream_checks as dc
+    from mmtlalign.engine import downstream_checks as dc
     real = dc._compiling_cuda_version()
     assert isinstance(real, str)  # this machine's mmcv has compiled ops
     dc.check_mmcv_cuda_ops(on_gpu=False)  # a CPU run never needs them

@@ -232,7 +232,7 @@ def env(tmp_path_factory):
 
 
 def load(path):
-    from mmtlalign.utils.safe_load import load_checkpoint_file
+    from mmtlalign.checkpoint.loader import load_checkpoint_file
     return load_checkpoint_file(path, map_location='cpu')
 
 

@@ -93,7 +93,7 @@ def test_resume_continues_from_last_checkpoint(first_run, imagenet, deit_config)
 @pytest.mark.slow
 def test_checkpoint_loads_with_weights_only(first_run):
     """Every non-tensor type in a real mmengine checkpoint is allow-listed, nothing more."""
-    from mmtlalign.utils.safe_load import load_checkpoint_file, mmengine_checkpoint_globals
+    from mmtlalign.checkpoint.loader import load_checkpoint_file, mmengine_checkpoint_globals
     ckpt = osp.join(first_run[0], 'epoch_1.pth')
     needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(ckpt))
     allowed = {entry[1] if isinstance(entry, tuple) else f'{entry.__module__}.{entry.__qualname__}'

@@ -84,7 +84,7 @@ class _SplicingPickler(pickle._Pickler):
 
 def splice(genuine, payload, dst):
     """Save the genuine checkpoint with the payload under meta['note']."""
-    from mmtlalign.utils.safe_load import load_checkpoint_file
+    from mmtlalign.checkpoint.loader import load_checkpoint_file
     ckpt = load_checkpoint_file(genuine)
     ckpt['meta']['note'] = _Raw(payload)
     torch.save(ckpt, dst, pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
@@ -141,7 +141,7 @@ def test_payloads_are_live(env, tmp_path, route):
     process-wide allow-list with ``builtins.getattr`` (the hole this issue closes)."""
     from mmengine.logging import HistoryBuffer
 
-    from mmtlalign.utils.safe_load import _numpy_globals
+    from mmtlalign.checkpoint.loader import _numpy_globals
     marker = str(tmp_path / 'PWNED')
     crafted = splice(env.genuine, payloads(marker)[route], str(tmp_path / 'crafted.pth'))
     torch.load(crafted, weights_only=False)
@@ -157,7 +157,7 @@ def test_payloads_are_live(env, tmp_path, route):
 def test_every_route_is_refused_by_the_loader(env, marker, tmp_path, route):
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from mmtlalign.utils.safe_load import CheckpointLoadError, load_checkpoint_file
+    from mmtlalign.checkpoint.loader import CheckpointLoadError, load_checkpoint_file
     crafted = splice(env.genuine, payloads(marker)[route], str(tmp_path / 'crafted.pth'))
     with pytest.raises(CheckpointLoadError, match='weights-only loader refuses'):
         load_checkpoint_file(crafted)
@@ -171,7 +171,7 @@ def test_every_route_is_refused_by_the_loader(env, marker, tmp_path, route):
 def test_genuine_checkpoint_loads_weights_only_and_torch_stays_strict(env):
     from mmengine.logging import HistoryBuffer
 
-    from mmtlalign.utils.safe_load import load_checkpoint_file
+    from mmtlalign.checkpoint.loader import load_checkpoint_file
     ckpt = load_checkpoint_file(env.genuine)
     buffers = [v for v in ckpt['message_hub']['log_scalars'].values()]
     assert buffers and all(type(b) is HistoryBuffer for b in buffers)  # plain class again
@@ -192,7 +192,7 @@ ENTRY_POINTS = ['test', 'resume', 'token_fluctuation', 'cls_to_backbone', 'init_
 
 def _enter(env, entry, crafted, tmp_path):
     """Load ``crafted`` through one entry point; return the one-line error it gave."""
-    from mmtlalign.utils.safe_load import CheckpointLoadError
+    from mmtlalign.checkpoint.loader import CheckpointLoadError
     if entry == 'test':
         return run_main('tools/test.py', [env.config, crafted, '--work-dir', str(tmp_path / 'w'),
                                           '--cfg-options', *env.options])
@@ -263,8 +263,8 @@ def test_refused_objects_suggest_trust_only_for_own_files(env, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('case', ['num_classes', 'swin_on_vit', 'backbone_only'])
 def test_checkpoint_that_does_not_fit_is_refused_in_one_line(env, tmp_path, case):
-    from mmtlalign.converters import classifier_to_backbone
-    from mmtlalign.utils.safe_load import load_checkpoint_file
+    from mmtlalign.checkpoint.convert import classifier_to_backbone
+    from mmtlalign.checkpoint.loader import load_checkpoint_file
     ckpt, options = env.genuine, list(env.options)
     if case == 'num_classes':
         options.append('model.head.num_classes=5')
@@ -303,11 +303,11 @@ def test_genuine_checkpoint_scores_through_test_tool(env, tmp_path):
 def test_second_run_in_a_live_work_dir_is_refused_and_stale_lock_is_not(tmp_path):
     import subprocess
 
-    from mmtlalign.utils.work_dir_lock import WorkDirBusyError, hold_work_dir
+    from mmtlalign.cli.work_dir_lock import WorkDirBusyError, hold_work_dir
     work_dir = str(tmp_path / 'w')
     holder = subprocess.Popen(
         [sys.executable, '-c', 'import sys, time; sys.path.insert(0, sys.argv[1]);'
-         'from mmtlalign.utils.work_dir_lock import hold_work_dir\n'
+         'from mmtlalign.cli.work_dir_lock import hold_work_dir\n'
          'with hold_work_dir(sys.argv[2]):\n print("held", flush=True); time.sleep(600)',
          ROOT, work_dir], stdout=subprocess.PIPE, text=True)
     try:
@@ -327,7 +327,7 @@ def test_second_run_in_a_live_work_dir_is_refused_and_stale_lock_is_not(tmp_path
 def test_train_tool_refuses_a_live_work_dir(env, tmp_path):
     import subprocess
 
-    from mmtlalign.utils.work_dir_lock import hold_work_dir
+    from mmtlalign.cli.work_dir_lock import hold_work_dir
     work_dir = str(tmp_path / 'w')
     with hold_work_dir(work_dir):  # this process is the live run
         result = subprocess.run(
@@ -393,7 +393,7 @@ def test_coco_class_names_missing_from_annotations(tmp_path):
     coco = datagen.make_coco(str(tmp_path / 'coco'))
     from mmengine.config import Config
 
-    from mmtlalign.utils import launch
+    from mmtlalign.cli import launch
     cfg = Config.fromfile(osp.join(ROOT, 'configs/tlalign/coco/'
                                    'mask-rcnn_tlalign-swin-t_fpn_1x_coco.py'))
     names = [c['name'] for c in __import__('json').load(

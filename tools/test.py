@@ -8,8 +8,8 @@ import os.path as osp
 import sys
 
 from mmtlalign.engine.precision import configure_tf32
-from mmtlalign.utils import launch
-from mmtlalign.utils.checkpoint_fit import check_checkpoint_fits
+from mmtlalign.cli import launch
+from mmtlalign.checkpoint.fit import check_checkpoint_fits
 
 
 def parse_args(argv=None):

@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from mmtlalign.engine.precision import configure_tf32
-from mmtlalign.utils import launch
-from mmtlalign.utils.checkpoint_fit import check_checkpoint_fits
-from mmtlalign.utils.work_dir_lock import hold_work_dir
+from mmtlalign.cli import launch
+from mmtlalign.checkpoint.fit import check_checkpoint_fits
+from mmtlalign.cli.work_dir_lock import hold_work_dir
 
 
 def parse_args(argv=None):

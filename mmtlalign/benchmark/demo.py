@@ -20,6 +20,7 @@ from .launch import Launcher
 from .metrics import history
 from .report import table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
+from ..cli.paths import tool_path
 from .suite import ROOT, load_suite
 
 SUITE = osp.join(ROOT, 'configs', 'benchmarks', 'fmnist.py')
@@ -133,7 +134,7 @@ def analyse(cell, num_batches, options, seed):
         return None
     from .launch import option_args
     out_dir = osp.join(cell.work_dir, 'token_fluctuation')
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'token_fluctuation.py'),
+    cmd = [sys.executable, tool_path('analysis', 'token_fluctuation.py'),
            cell.config, ckpt, '--out-dir', out_dir, '--num-batches', str(num_batches),
            '--batch-size', '64', '--seed', str(seed), '--cfg-options', *option_args(options)]
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import UserInputError
+from ..cli.paths import tool_path
 from .suite import ROOT
 
 LOG = 'benchmark_output.log'
@@ -67,18 +68,18 @@ def train_args(cell, resume):
 def command(cell, launcher, resume=False):
     """(argv, extra environment) that trains ``cell``."""
     if launcher.kind == 'local':
-        return [launcher.python, osp.join(ROOT, 'tools', 'train.py'), cell.config,
+        return [launcher.python, tool_path('train.py'), cell.config,
                 *train_args(cell, resume)], {}
     if launcher.kind == 'pytorch':
         env = {'PORT': str(launcher.port)} if launcher.port else {}
-        return ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cell.config,
+        return ['bash', tool_path('dist_train.sh'), cell.config,
                 str(launcher.gpus), *train_args(cell, resume)], env
     if launcher.kind == 'slurm':
         job = f'{cell.arm}-s{cell.seed}' + ('' if cell.stage == 'train' else f'-{cell.stage}')
         env = {'GPUS': str(launcher.gpus),
                'GPUS_PER_NODE': str(min(launcher.gpus, launcher.gpus_per_node))}
         args = train_args(cell, resume)[2:]  # slurm_train.sh takes the work dir positionally
-        return ['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), launcher.partition, job,
+        return ['bash', tool_path('slurm_train.sh'), launcher.partition, job,
                 cell.config, cell.work_dir, *args], env
     raise UserInputError(f'unknown launcher {launcher.kind!r}; use local, pytorch or slurm.')
 

@@ -20,9 +20,10 @@ Config paths are relative to the working directory or, failing that, to the repo
 import os.path as osp
 from dataclasses import dataclass, field
 
+from ..cli.paths import project_root
 from ..errors import UserInputError
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = project_root()  # tools/ and configs/ (a checkout, or the installed .mim folder)
 SUITE_DIR = osp.join(ROOT, 'configs', 'benchmarks')
 
 #: metrics by name: the key mmengine logs for the last validation, and the factor to percent

@@ -8,10 +8,11 @@ from .checkpoint import AtomicCheckpointHook, AtomicLocalBackend, atomic_write
 from .data_checks import CheckedLoadImageFromFile, DataCheckHook, DataError
 from .nonfinite import NonFiniteLossError, NonFiniteLossHook
 from .resume import ExactResumeHook
+from .downstream_checks import DownstreamChecksHook
 from .compile import CompileRunner, compile_model  # runner for `compile=True`
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write', 'CheckedLoadImageFromFile',
     'DataCheckHook', 'DataError', 'ExactResumeHook', 'NonFiniteLossError', 'NonFiniteLossHook',
-    'CompileRunner', 'compile_model'
+    'CompileRunner', 'compile_model', 'DownstreamChecksHook'
 ]

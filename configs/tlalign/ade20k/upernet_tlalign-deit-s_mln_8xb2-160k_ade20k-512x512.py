@@ -13,7 +13,7 @@
 _base_ = 'mmseg::vit/vit_deit-s16-ln_mln_upernet_8xb2-160k_ade20k-512x512.py'
 
 custom_imports = dict(
-    imports=['mmtlalign', 'mmtlalign.utils.downstream_checks'], allow_failed_imports=False)
+    imports=['mmtlalign'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/deit-s_8xb128/epoch_300.pth'  # the TL-Align ImageNet classifier
 

@@ -10,7 +10,7 @@
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(
-    imports=['mmtlalign', 'mmtlalign.utils.downstream_checks'], allow_failed_imports=False)
+    imports=['mmtlalign'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/deit-s_8xb128/epoch_300.pth'  # the TL-Align ImageNet classifier
 

@@ -4,7 +4,7 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 
 custom_imports = dict(
-    imports=['mmtlalign', 'mmtlalign.utils.downstream_checks'], allow_failed_imports=False)
+    imports=['mmtlalign'], allow_failed_imports=False)
 
 pretrained = 'work_dirs/swin-t_16xb64/epoch_300.pth'  # the TL-Align ImageNet classifier
 

@@ -16,26 +16,21 @@ from collections import OrderedDict
 
 import torch
 
-CONVERTER_CLS = 'tools/model_converters/cls_to_backbone.py'
-CONVERTER_TIMM = 'tools/model_converters/timm_to_mmpretrain.py'
-
-
-class ConversionError(ValueError):
-    """The checkpoint cannot be converted; the message says why and what to do."""
+from .state_dict import CONVERTER_CLS, CONVERTER_TIMM, ConversionError, unwrap_state_dict  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- loading
 def load_checkpoint_file(path, trust=False):
     """Load a checkpoint on the CPU.
 
-    Weights only by default (:func:`mmtlalign.utils.safe_load.load_checkpoint_file`): tensors,
+    Weights only by default (:func:`mmtlalign.checkpoint.loader.load_checkpoint_file`): tensors,
     mmengine's message hub types, and, for the official DeiT / TL-Align training checkpoints,
     their stored command line (an ``argparse.Namespace`` of plain values). ``trust=True``
     unpickles fully -- which runs whatever code the file carries -- for files from a source
     you trust whose extra objects the safe loader refuses.
     """
-    from mmtlalign.utils.safe_load import NAMESPACE_GLOBALS, CheckpointLoadError
-    from mmtlalign.utils.safe_load import load_checkpoint_file as safe_load
+    from .loader import NAMESPACE_GLOBALS, CheckpointLoadError
+    from .loader import load_checkpoint_file as safe_load
     if trust:
         return torch.load(path, map_location='cpu', weights_only=False)
     try:
@@ -46,29 +41,6 @@ def load_checkpoint_file(path, trust=False):
             hint = (' If you made the file yourself with other code and trust it, '
                     '--trust-checkpoint unpickles it fully (this runs any code it carries).')
         raise ConversionError(f'{e}{hint}') from None
-
-
-def unwrap_state_dict(checkpoint):
-    """The tensor dict inside a checkpoint (``state_dict`` / ``model`` / ``module`` / raw),
-    with a DataParallel ``module.`` prefix removed."""
-    sd = checkpoint
-    if isinstance(checkpoint, dict):
-        for key in ('state_dict', 'model', 'module'):
-            if key in checkpoint and isinstance(checkpoint[key], dict):
-                sd = checkpoint[key]
-                break
-    if not isinstance(sd, dict) or not sd:
-        raise ConversionError('no state dict found in the checkpoint (looked for the keys '
-                              "'state_dict', 'model', 'module' and for a flat tensor dict).")
-    tensors = OrderedDict((k, v) for k, v in sd.items() if torch.is_tensor(v))
-    if not tensors:
-        raise ConversionError('the checkpoint\'s state dict holds no tensors.')
-    if all(k.startswith('module.') for k in tensors):
-        tensors = OrderedDict((k[len('module.'):], v) for k, v in tensors.items())
-    metadata = getattr(sd, '_metadata', None)
-    if metadata is not None:
-        tensors._metadata = metadata
-    return tensors
 
 
 # ----------------------------------------------------------------------------- classifier

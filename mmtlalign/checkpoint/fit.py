@@ -8,14 +8,16 @@ resume). :func:`check_checkpoint_fits` loads the checkpoint's ``state_dict`` int
 way mmengine does -- the same values mmengine loads right after, so nothing changes when it
 fits -- and raises :class:`CheckpointFitError` naming the first missing, unexpected and
 mismatched keys and the likely fix. The downstream backbone check
-(:mod:`mmtlalign.utils.downstream_checks`) shares :func:`fit_state_dict`.
+(:func:`check_pretrained_backbone`, below) shares :func:`fit_state_dict`.
 """
+import copy
+import os.path as osp
+import re
 from dataclasses import dataclass, field
 
-from ..errors import UserInputError
+from ..errors import DownstreamCheckError, UserInputError
 
-CONVERTER_CLS = 'tools/model_converters/cls_to_backbone.py'
-CONVERTER_TIMM = 'tools/model_converters/timm_to_mmpretrain.py'
+from .state_dict import CONVERTER_CLS, CONVERTER_TIMM, strip_module_prefix, unwrap_state_dict
 
 # Loaded with resizing by the backbones' own load hooks (another resolution or window): only
 # their channel / head dimension must agree.
@@ -121,7 +123,7 @@ def architecture_hint(keys, own_keys, what='model'):
 
 
 def _model_hint(report, sd, meta, model):
-    from mmtlalign.converters import detect_timm_arch
+    from .convert import detect_timm_arch
     keys, own = list(sd), list(model.state_dict())
     made_by = ''
     if isinstance(meta, dict) and isinstance(meta.get('experiment_name'), str):
@@ -164,14 +166,14 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
     """
     from mmengine.model import BaseTTAModel, is_model_wrapper
 
-    from .safe_load import load_checkpoint_file
+    from .loader import load_checkpoint_file
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     ckpt = load_checkpoint_file(path, map_location='cpu')
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:
         raise CheckpointFitError(f'{role} {path!r} holds no state_dict of weights.')
-    sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+    sd = strip_module_prefix(sd)
     report = LoadReport(checkpoint=path)
     missing = fit_state_dict(model, sd, report)
     if missing is not None:
@@ -182,3 +184,97 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
         report.hint = _model_hint(report, sd, ckpt.get('meta'), model)
     raise CheckpointFitError(f'{role} does not fit {type(model).__name__}: '
                              f'{report.summary()}. {report.hint}')
+
+
+# ----------------------------------------------------------------------------- backbones
+# Output norms of hierarchical backbones (mmpretrain Swin's norm0..norm3): a classifier only
+# has the last one; dense-prediction configs add the others, which start from scratch (as in
+# mmdet's and mmseg's own Swin configs).
+_OUTPUT_NORM = re.compile(r'^norm\d+\.(weight|bias)$')
+
+
+def _state_dict_of(checkpoint):
+    from mmengine.runner.checkpoint import _load_checkpoint
+    if isinstance(checkpoint, str):
+        if not osp.isfile(checkpoint) and '://' not in checkpoint:
+            raise DownstreamCheckError(
+                f'pretrained checkpoint {checkpoint!r} (model.backbone.init_cfg.checkpoint) does '
+                'not exist. Train a TL-Align classifier first (tools/train.py '
+                'configs/tlalign/...) or convert released weights, then pass it with '
+                '--cfg-options model.backbone.init_cfg.checkpoint=PATH.')
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    else:
+        ckpt = checkpoint
+    return unwrap_state_dict(ckpt)
+
+
+def _diagnose(sd, prefix, backbone):
+    """A sentence on what the checkpoint looks like and which tool or setting fits."""
+    from .convert import detect_timm_arch
+    keys = list(sd)
+    timm = detect_timm_arch(sd)
+    if timm is not None:
+        return (f'The checkpoint has timm-format {timm} keys ({", ".join(keys[:3])}, ...): '
+                'convert it with '
+                f'`python {CONVERTER_TIMM} SRC.pth DST.pth` and load DST.pth with '
+                "prefix='backbone.'.")
+    has_backbone = any(k.startswith('backbone.') for k in keys)
+    if prefix and not any(k.startswith(prefix) for k in keys):
+        return (f'The checkpoint has no {prefix!r} keys: it is a backbone-only checkpoint (e.g. '
+                f'from {CONVERTER_CLS}); load it without a prefix: '
+                "init_cfg=dict(type='Pretrained', checkpoint=...).")
+    if not prefix and has_backbone:
+        return ("The checkpoint is a whole classifier (keys 'backbone.*', 'head.*'): set "
+                "init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.'), or "
+                f'extract the backbone with `python {CONVERTER_CLS} SRC.pth DST.pth`.')
+    if prefix:
+        keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]
+    arch = architecture_hint(keys, list(backbone.state_dict()), 'backbone')
+    if arch:
+        return arch
+    return ('The checkpoint was made for another architecture or size (check `arch`), or by '
+            "another toolbox (mmseg/mmdet's own ViT use different keys than mmpretrain's): "
+            f'mmtlalign backbones take mmpretrain checkpoints ({CONVERTER_TIMM} converts timm).')
+
+
+def backbone_load_report(backbone, checkpoint, prefix=None):
+    """Load ``checkpoint`` into a copy of ``backbone`` the way ``Pretrained`` init does and report.
+
+    Args:
+        backbone (nn.Module): the built backbone (not modified).
+        checkpoint (str | dict): a path (or an already loaded checkpoint).
+        prefix (str, optional): as ``init_cfg.prefix`` (e.g. ``'backbone.'``).
+
+    Returns:
+        LoadReport
+    """
+    name = checkpoint if isinstance(checkpoint, str) else '<checkpoint>'
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'  # as mmengine's _load_checkpoint_with_prefix
+    sd = _state_dict_of(checkpoint)
+    report = LoadReport(checkpoint=name, prefix=prefix)
+    source = sd
+    if prefix:
+        source = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    missing = fit_state_dict(copy.deepcopy(backbone).cpu(), source, report)
+    if missing is None:
+        return report
+    for k in missing:
+        (report.new_output_norms if _OUTPUT_NORM.match(k) else report.missing).append(k)
+    # a checkpoint with none of the norms that the backbone outputs is no classifier of it
+    if report.new_output_norms and report.loaded == 0:
+        report.missing += report.new_output_norms
+        report.new_output_norms = []
+    if not report.ok:
+        report.hint = _diagnose(sd, prefix, backbone)
+    return report
+
+
+def check_pretrained_backbone(backbone, checkpoint, prefix=None):
+    """:func:`backbone_load_report`, raising :class:`DownstreamCheckError` unless it fits."""
+    report = backbone_load_report(backbone, checkpoint, prefix)
+    if not report.ok:
+        raise DownstreamCheckError(
+            f'the pretrained checkpoint does not fit {type(backbone).__name__}: backbone '
+            f'{report.summary()}. {report.hint}')
+    return report
