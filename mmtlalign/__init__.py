@@ -5,13 +5,26 @@ mmdet's and mmseg's), and routes mmengine's local checkpoint loads through
 :func:`mmtlalign.checkpoint.load_checkpoint_file` (weights only; the few types mmengine
 checkpoints hold are allowed during those loads alone). Configs reach it with
 ``custom_imports=dict(imports=['mmtlalign'], allow_failed_imports=False)``.
+
+It also teaches mmengine's configs the ``mmtlalign::`` base prefix (:mod:`.config_scope`), and
+silences one warning: setuptools' "pkg_resources is deprecated as an API", which mmengine's
+``mmpretrain::`` / ``mmdet::`` / ``mmseg::`` bases trigger in every command that reads our configs
+(mmengine looks the packages up with ``pkg_resources``; setuptools < 81 is pinned for mmcv's build).
 """
-from .version import __version__
-from .checkpoint.loader import use_safe_local_loader
-from . import datasets, engine, models  # noqa: F401  (register components)
-from .registry import register_backbones_downstream
+import warnings
+
+# before anything imports pkg_resources: only this message, only setuptools' UserWarning
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
+
+from .version import __version__  # noqa: E402
+from .checkpoint.loader import use_safe_local_loader  # noqa: E402
+from . import datasets, engine, models  # noqa: E402,F401  (register components)
+from .config_scope import install as _install_config_scope  # noqa: E402
+from .registry import register_backbones_downstream  # noqa: E402
 
 use_safe_local_loader()
 register_backbones_downstream()
+_install_config_scope()
 
 __all__ = ['__version__']

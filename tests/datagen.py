@@ -3,8 +3,10 @@
 Images are random but structured (a per-class colour plus noise) so that a model can learn a
 little, and saved as real image files.
 """
+import gzip
 import os
 import os.path as osp
+import struct
 
 import numpy as np
 from PIL import Image
@@ -196,3 +198,108 @@ def make_coco(root, num_train=4, num_val=2, size=(96, 128), num_used_classes=4, 
         with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
             json.dump(dict(images=images, annotations=anns, categories=categories), f)
     return root
+
+
+def write_fmnist(folder, n_train=40, n_test=12, gz=True):
+    """The four Fashion-MNIST idx files in ``folder``; returns the arrays written."""
+    os.makedirs(folder, exist_ok=True)
+    data = {}
+    for prefix, n, seed in (('train', n_train, 0), ('t10k', n_test, 1)):
+        images, labels = fake_fashion_mnist(n, seed)
+        write_idx(osp.join(folder, f'{prefix}-images-idx3-ubyte'), images, gz)
+        write_idx(osp.join(folder, f'{prefix}-labels-idx1-ubyte'), labels, gz)
+        data[prefix] = (images, labels)
+    return data
+
+
+def fake_fashion_mnist(n, seed):
+    """Learnable 28x28 images: a bright band whose row depends on the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) * 7 + seed) % 10
+    images = rng.integers(0, 60, (n, 28, 28))
+    for i, y in enumerate(labels):
+        images[i, 2 + 2 * y:5 + 2 * y, 4:24] = 200 + rng.integers(0, 55)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------
+# real-format idx files
+# ------------------------------------------------------------------------------------------
+def write_idx(path, array, gz=False):
+    """An idx file: magic 0x0000 08 <ndim>, the dims as big-endian uint32, then uint8 data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack('>I', 0x0800 | array.ndim) + struct.pack(f'>{array.ndim}I',
+                                                                    *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path + ('.gz' if gz else ''), 'wb') as f:
+        f.write(header + array.tobytes())
+
+
+SEG_TINY = """
+_base_ = {base!r}
+data_root = {data_root!r}
+crop_size = (64, 64)
+model = dict(data_preprocessor=dict(size=crop_size),
+             backbone=dict(init_cfg=dict(checkpoint={ckpt!r}, prefix={prefix!r})))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(128, 64), ratio_range=(0.8, 1.2), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval=2, save_optimizer=False),
+                     visualization=dict(draw=False))
+randomness = dict(seed=0)
+"""
+
+
+DET_TINY = """
+_base_ = {base!r}
+data_root = {data_root!r}
+model = dict(backbone=dict(init_cfg=dict(checkpoint={ckpt!r}, prefix={prefix!r})),
+             # fewer proposals/RoIs on 2 CPU cores; score_thr 0: an untrained model detects
+             train_cfg=dict(rpn_proposal=dict(max_per_img=200), rcnn=dict(sampler=dict(num=64))),
+             test_cfg=dict(rpn=dict(max_per_img=100), rcnn=dict(score_thr=0.0)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=1, val_interval=1)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_optimizer=False),
+                     visualization=dict(draw=False))
+randomness = dict(seed=0)
+"""

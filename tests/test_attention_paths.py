@@ -15,24 +15,10 @@ import mmtlalign  # noqa: F401
 from mmtlalign.errors import UserInputError
 from mmtlalign.models import alignment
 
-from test_vit_alignment import grid_share, make_pair
+from helpers import make_vit_pair, saved_bytes, vit_grid_share
 
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 IMPLS = ['cpu_flash', 'separate']
-
-
-def saved_bytes(fn):
-    """Bytes of the unique storages autograd saves while ``fn()`` runs."""
-    seen = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
 
 
 def qkv(B=2, heads=3, N=17, D=16, seed=0, dtype=torch.float32):
@@ -84,7 +70,7 @@ def test_separate_path_under_autocast_matches_upstream(dtype):
 def test_vit_training_step_equals_upstream_on_each_path(impl):
     """A DeiT-T forward + backward: same features, bitwise gradients and the same bytes saved
     for backward as the mmpretrain parent, with the share traced."""
-    parent, aligned = make_pair('deit-tiny', 'cls_token')
+    parent, aligned = make_vit_pair('deit-tiny', 'cls_token')
     parent.train()
     aligned.train()
     x = torch.randn(2, 3, 224, 224)
@@ -94,7 +80,7 @@ def test_vit_training_step_equals_upstream_on_each_path(impl):
     torch.manual_seed(1)
     with alignment.share_attention_impl(impl):
         (outs, share), got_bytes = saved_bytes(
-            lambda: aligned.forward_aligned(x, grid_share(2, (14, 14), 0)))
+            lambda: aligned.forward_aligned(x, vit_grid_share(2, (14, 14), 0)))
     outs[-1].square().sum().backward()
     assert torch.equal(outs[-1], ref[-1])
     assert got_bytes == ref_bytes
@@ -104,9 +90,9 @@ def test_vit_training_step_equals_upstream_on_each_path(impl):
 
 
 def test_both_paths_trace_the_same_shares():
-    _, aligned = make_pair('deit-tiny', 'avg_featmap')
+    _, aligned = make_vit_pair('deit-tiny', 'avg_featmap')
     x = torch.randn(2, 3, 224, 224)
-    token_share = grid_share(2, (14, 14), 3)
+    token_share = vit_grid_share(2, (14, 14), 3)
     with torch.no_grad():
         with alignment.share_attention_impl('cpu_flash'):
             a = aligned.trace_shares(x, token_share).history

@@ -23,7 +23,6 @@ from PIL import Image
 
 from mmtlalign.benchmark import load_suite, paired_difference, stats
 from mmtlalign.errors import UserInputError
-from test_demo import write_fmnist
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'tlalign', 'demo')
@@ -193,7 +192,7 @@ def test_dry_run_torchrun_and_slurm_commands(tmp_path, capsys):
 def tiny_suite(tmp_path, epochs, n_train=64):
     """A 2-arm suite of the demo configs on tiny Fashion-MNIST idx files."""
     src, root = str(tmp_path / 'src'), str(tmp_path / 'fmnist')
-    write_fmnist(src, n_train=n_train, n_test=32, gz=True)
+    datagen.write_fmnist(src, n_train=n_train, n_test=32, gz=True)
     from mmtlalign.datasets import prepare_fashion_mnist
     prepare_fashion_mnist(root, source=src, use_apt=False, allow_download=False)
     options = {f'{loader}.dataset.data_root': root

@@ -331,6 +331,7 @@ import os.path as osp
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from helpers import free_port
 
 
 @HOOKS.register_module()
@@ -409,10 +410,6 @@ def read_log(work_dir):
     return open(sorted(glob.glob(osp.join(work_dir, '*', '*.log')))[-1]).read()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return str(sock.getsockname()[1])
 
 
 def assert_repeated_and_flipped(recs, batch):

@@ -20,44 +20,10 @@ from PIL import Image
 
 import datagen
 from mmtlalign.datasets import fashion_mnist as fm
+from helpers import assert_png
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'tlalign', 'demo')
-
-
-# ------------------------------------------------------------------------------------------
-# real-format idx files
-# ------------------------------------------------------------------------------------------
-def write_idx(path, array, gz=False):
-    """An idx file: magic 0x0000 08 <ndim>, the dims as big-endian uint32, then uint8 data."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack('>I', 0x0800 | array.ndim) + struct.pack(f'>{array.ndim}I',
-                                                                    *array.shape)
-    opener = gzip.open if gz else open
-    with opener(path + ('.gz' if gz else ''), 'wb') as f:
-        f.write(header + array.tobytes())
-
-
-def fake_fashion_mnist(n, seed):
-    """Learnable 28x28 images: a bright band whose row depends on the class, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) * 7 + seed) % 10
-    images = rng.integers(0, 60, (n, 28, 28))
-    for i, y in enumerate(labels):
-        images[i, 2 + 2 * y:5 + 2 * y, 4:24] = 200 + rng.integers(0, 55)
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
-def write_fmnist(folder, n_train=40, n_test=12, gz=True):
-    """The four Fashion-MNIST idx files in ``folder``; returns the arrays written."""
-    os.makedirs(folder, exist_ok=True)
-    data = {}
-    for prefix, n, seed in (('train', n_train, 0), ('t10k', n_test, 1)):
-        images, labels = fake_fashion_mnist(n, seed)
-        write_idx(osp.join(folder, f'{prefix}-images-idx3-ubyte'), images, gz)
-        write_idx(osp.join(folder, f'{prefix}-labels-idx1-ubyte'), labels, gz)
-        data[prefix] = (images, labels)
-    return data
 
 
 def build(cfg):
@@ -72,7 +38,7 @@ def build(cfg):
 # ------------------------------------------------------------------------------------------
 def test_prepare_reads_real_gzipped_idx_files(tmp_path):
     src, root = str(tmp_path / 'debian'), str(tmp_path / 'cache')
-    data = write_fmnist(src, gz=True)
+    data = datagen.write_fmnist(src, gz=True)
     assert fm.prepare_fashion_mnist(root, source=src, use_apt=False, allow_download=False) \
         == osp.abspath(root)
     assert sorted(os.listdir(root)) == sorted(fm.FILES)  # uncompressed, no leftovers
@@ -99,7 +65,7 @@ def test_prepare_reads_real_gzipped_idx_files(tmp_path):
 
 def test_prepare_from_installed_debian_package_and_subset(tmp_path):
     deb, root = str(tmp_path / 'usr_share_datasets_fashion-mnist'), str(tmp_path / 'cache')
-    data = write_fmnist(deb, n_train=30, gz=True)
+    data = datagen.write_fmnist(deb, n_train=30, gz=True)
     fm.prepare_fashion_mnist(root, debian_dir=deb, use_apt=False, allow_download=False)
     ds = build(dict(type='PreparedFashionMNIST', data_root=root, split='train', indices=10,
                     pipeline=[dict(type='PackInputs')]))
@@ -111,7 +77,7 @@ def test_prepare_from_installed_debian_package_and_subset(tmp_path):
 
 def test_bad_idx_files_name_the_problem(tmp_path):
     src = str(tmp_path / 'src')
-    write_fmnist(src, gz=False)
+    datagen.write_fmnist(src, gz=False)
     # a truncated image file
     path = osp.join(src, 'train-images-idx3-ubyte')
     with open(path, 'rb') as f:
@@ -135,7 +101,7 @@ def test_bad_idx_files_name_the_problem(tmp_path):
 def test_without_debian_packages_falls_back_to_mmpretrain_download(tmp_path, monkeypatch,
                                                                     capfd):
     src = str(tmp_path / 'mirror')
-    write_fmnist(src, gz=True)
+    datagen.write_fmnist(src, gz=True)
     monkeypatch.setattr(fm.shutil, 'which', lambda tool: None)  # no apt-get / dpkg-deb
 
     def fake_download(root):  # stands in for the network; same gz files, same extraction
@@ -195,14 +161,6 @@ def run(args, timeout=900):
                           text=True, timeout=timeout)
 
 
-def assert_png(path, min_size=(300, 200)):
-    with Image.open(path) as im:
-        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
-        arr = np.asarray(im.convert('RGB'))
-    assert arr.std() > 10, f'{path} looks blank'
-    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 30, f'{path} has almost no content'
-
-
 def last_top1(cell_dir):
     """Last validation top-1 of a cell, straight from its newest scalars.json."""
     import glob
@@ -214,7 +172,7 @@ def last_top1(cell_dir):
 @pytest.mark.slow
 def test_demo_runs_the_embedded_suite_over_seeds(tmp_path):
     src, root, work = (str(tmp_path / n) for n in ('src', 'cache', 'work'))
-    write_fmnist(src, n_train=96, n_test=32, gz=True)
+    datagen.write_fmnist(src, n_train=96, n_test=32, gz=True)
     result = run([osp.join(ROOT, 'tools', 'demo.py'), '--arms', 'cutmix', 'tlalign', '--seeds',
                   '0', '1', '--epochs', '1', '--subset', '64', '--val-subset', '32',
                   '--batch-size', '16', '--fmnist-root', root, '--fmnist-source', src,

@@ -24,6 +24,8 @@ import pytest
 import torch
 
 import datagen
+from datagen import DET_TINY, SEG_TINY
+from helpers import ok, run_tool, write_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
@@ -419,15 +421,8 @@ def test_mmcv_without_cuda_ops_on_gpu(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the chain
-def run_tool(args, timeout=900):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
-def _ok(result):
-    assert result.returncode == 0, (result.stdout[-3000:] + '\n' + result.stderr[-5000:])
-    return result.stdout + result.stderr
 
 
 CLS_TINY = datagen.TINY_64PX_PIPELINES + """
@@ -437,39 +432,6 @@ default_hooks = dict(checkpoint=dict(save_optimizer=False))
 randomness = dict(seed=0)
 """
 
-SEG_TINY = """
-_base_ = {base!r}
-data_root = {data_root!r}
-crop_size = (64, 64)
-model = dict(data_preprocessor=dict(size=crop_size),
-             backbone=dict(init_cfg=dict(checkpoint={ckpt!r}, prefix={prefix!r})))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(128, 64), ratio_range=(0.8, 1.2), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 64), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=2, val_interval=2)
-param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=2)]
-default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=2, save_optimizer=False),
-                     visualization=dict(draw=False))
-randomness = dict(seed=0)
-"""
 
 # the real multi-scale + flip test config, on the generated folder
 SEG_MS_TINY = """
@@ -478,50 +440,11 @@ test_dataloader = dict(num_workers=0, persistent_workers=False,
                        dataset=dict(data_root={data_root!r}))
 """
 
-DET_TINY = """
-_base_ = {base!r}
-data_root = {data_root!r}
-model = dict(backbone=dict(init_cfg=dict(checkpoint={ckpt!r}, prefix={prefix!r})),
-             # fewer proposals/RoIs on 2 CPU cores; score_thr 0: an untrained model detects
-             train_cfg=dict(rpn_proposal=dict(max_per_img=200), rcnn=dict(sampler=dict(num=64))),
-             test_cfg=dict(rpn=dict(max_per_img=100), rcnn=dict(score_thr=0.0)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=1, val_interval=1)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_optimizer=False),
-                     visualization=dict(draw=False))
-randomness = dict(seed=0)
-"""
-
-
-def _write(path, text, **kw):
-    path.write_text(text.format(**kw))
-    return str(path)
-
 
 def _train_classifier(tmp, base, backbone, imagenet):
-    config = _write(tmp / 'cls.py', CLS_TINY, base=base, backbone=backbone)
+    config = write_config(tmp / 'cls.py', CLS_TINY, base=base, backbone=backbone)
     work = str(tmp / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
                         '--cfg-options', *datagen.tiny_cls_options(imagenet, batch_size=4)]))
     assert 'token_fluctuation' in out  # the TL-Align loss ran
     ckpt = osp.join(work, 'epoch_1.pth')
@@ -573,28 +496,28 @@ def _assert_clean_backbone_load(out, new_norms=False):
 def test_chain_deit_ade20k(trained_deit, ade20k, tmp_path):
     """TL-Align DeiT-S classifier checkpoint (prefix 'backbone.') -> UperNet + MultiLevelNeck:
     train 2 iterations, validate (IoUMetric), test multi-scale + flip via tools/test.py."""
-    config = _write(tmp_path / 'seg.py', SEG_TINY, base=SEG_DEIT, data_root=ade20k,
+    config = write_config(tmp_path / 'seg.py', SEG_TINY, base=SEG_DEIT, data_root=ade20k,
                     ckpt=trained_deit, prefix='backbone.')
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
     _assert_clean_backbone_load(out)
     assert 'Resize the pos_embed shape from torch.Size([1, 197, 384])' in out
     val = [s for s in _scalars(work) if 'mIoU' in s]
     assert val and 0 <= val[-1]['mIoU'] <= 100
     ckpt = osp.join(work, 'iter_2.pth')
-    ms = _write(tmp_path / 'seg_ms.py', SEG_MS_TINY, base=SEG_DEIT.replace('.py', '_ms.py'),
+    ms = write_config(tmp_path / 'seg_ms.py', SEG_MS_TINY, base=SEG_DEIT.replace('.py', '_ms.py'),
                 data_root=ade20k)
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/test.py'), ms, ckpt,
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/test.py'), ms, ckpt,
                         '--work-dir', str(tmp_path / 'test')]))
     assert re.search(r'mIoU: \d', out), out[-2000:]
 
 
 @pytest.mark.slow
 def test_chain_swin_ade20k(trained_swin, ade20k, tmp_path):
-    config = _write(tmp_path / 'seg.py', SEG_TINY, base=SEG_SWIN, data_root=ade20k,
+    config = write_config(tmp_path / 'seg.py', SEG_TINY, base=SEG_SWIN, data_root=ade20k,
                     ckpt=trained_swin, prefix='backbone.')
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
     _assert_clean_backbone_load(out, new_norms=True)
     assert [s for s in _scalars(work) if 'mIoU' in s]
 
@@ -604,26 +527,26 @@ def test_chain_deit_coco(trained_deit, coco, tmp_path):
     """Classifier -> cls_to_backbone.py -> backbone-only checkpoint (no prefix) -> Mask R-CNN
     with SimpleFeaturePyramid: train one tiny epoch + CocoMetric, then tools/test.py."""
     backbone = str(tmp_path / 'deit_backbone.pth')
-    _ok(run_tool([PY, osp.join(ROOT, 'tools/model_converters/cls_to_backbone.py'),
+    ok(run_tool([PY, osp.join(ROOT, 'tools/model_converters/cls_to_backbone.py'),
                   trained_deit, backbone]))
-    config = _write(tmp_path / 'det.py', DET_TINY, base=DET_DEIT, data_root=coco,
+    config = write_config(tmp_path / 'det.py', DET_TINY, base=DET_DEIT, data_root=coco,
                     ckpt=backbone, prefix=None)
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
     _assert_clean_backbone_load(out)
     val = [s for s in _scalars(work) if 'coco/bbox_mAP' in s]
     assert val and 'coco/segm_mAP' in val[-1]
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/test.py'), config,
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/test.py'), config,
                         osp.join(work, 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test')]))
     assert re.search(r'coco/bbox_mAP: [\d.]+', out) and re.search(r'coco/segm_mAP: [\d.]+', out)
 
 
 @pytest.mark.slow
 def test_chain_swin_coco(trained_swin, coco, tmp_path):
-    config = _write(tmp_path / 'det.py', DET_TINY, base=DET_SWIN, data_root=coco,
+    config = write_config(tmp_path / 'det.py', DET_TINY, base=DET_SWIN, data_root=coco,
                     ckpt=trained_swin, prefix='backbone.')
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work]))
     _assert_clean_backbone_load(out, new_norms=True)
     val = [s for s in _scalars(work) if 'coco/bbox_mAP' in s]
     assert val and 'coco/segm_mAP' in val[-1]
@@ -634,7 +557,7 @@ def test_wrong_checkpoint_fails_before_training(coco, tmp_path):
     """tools/train.py with unconverted timm weights: fails before any iteration, naming the
     keys and the converter."""
     timm_file = _save(tmp_path / 'timm.pth', _random_timm('deit_small_patch16_224').state_dict())
-    config = _write(tmp_path / 'det.py', DET_TINY, base=DET_DEIT, data_root=coco,
+    config = write_config(tmp_path / 'det.py', DET_TINY, base=DET_DEIT, data_root=coco,
                     ckpt=timm_file, prefix='backbone.')
     result = run_tool([PY, osp.join(ROOT, 'tools/train.py'), config,
                        '--work-dir', str(tmp_path / 'work')])

@@ -23,15 +23,19 @@ import torch
 import torch.nn.functional as F
 
 import datagen
-from test_attention_paths import saved_bytes
-from test_downstream import DET_SWIN, DET_TINY, SEG_SWIN, SEG_TINY, _ok, _write, run_tool
-from test_vit_alignment import grid_share, make_pair
+from datagen import DET_TINY, SEG_TINY
+from helpers import (free_port, make_vit_pair, ok, run_tool, saved_bytes, vit_grid_share,
+                     write_config)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
+CONFIGS = osp.join(ROOT, 'configs')
+SEG_SWIN = osp.join(CONFIGS, 'tlalign', 'ade20k',
+                    'upernet_tlalign-swin-t_8xb2-160k_ade20k-512x512.py')
+DET_SWIN = osp.join(CONFIGS, 'tlalign', 'coco', 'mask-rcnn_tlalign-swin-t_fpn_1x_coco.py')
 AMP_DTYPES = {'fp16': [], 'bf16': ['optim_wrapper.dtype=bfloat16']}
 
 # the TL-Align recipes with a tiny ViT / Swin-T at 64 px, as a user would shrink them
@@ -66,7 +70,7 @@ def coco(tmp_path_factory):
 
 def cls_config(tmp_path, model):
     base, backbone, head = BACKBONES[model]
-    return _write(tmp_path / f'{model}.py', CLS_CONFIG, base=base, backbone=backbone, head=head)
+    return write_config(tmp_path / f'{model}.py', CLS_CONFIG, base=base, backbone=backbone, head=head)
 
 
 def test_gpu_tests_and_their_subprocesses_see_the_gpus():
@@ -82,7 +86,7 @@ def test_gpu_tests_and_their_subprocesses_see_the_gpus():
 @pytest.mark.parametrize('model', ['deit', 'swin'])
 def test_tlalign_trains_with_amp(model, amp, imagenet, tmp_path):
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), cls_config(tmp_path, model),
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), cls_config(tmp_path, model),
                         '--work-dir', work, '--amp', '--cfg-options',
                         *datagen.tiny_cls_options(imagenet, batch_size=4), *AMP_DTYPES[amp]]))
     assert 'token_fluctuation' in out  # the TL-Align loss ran
@@ -98,9 +102,8 @@ def test_tlalign_trains_with_amp(model, amp, imagenet, tmp_path):
 
 
 def test_dist_train_on_one_gpu(imagenet, tmp_path):
-    from test_tools import free_port
     work = str(tmp_path / 'work')
-    out = _ok(run_tool(['env', f'PORT={free_port()}', 'bash',
+    out = ok(run_tool(['env', f'PORT={free_port()}', 'bash',
                         osp.join(ROOT, 'tools/dist_train.sh'), cls_config(tmp_path, 'deit'),
                         '1', '--work-dir', work, '--amp', '--cfg-options',
                         *datagen.tiny_cls_options(imagenet, batch_size=4)]))
@@ -111,20 +114,20 @@ def test_dist_train_on_one_gpu(imagenet, tmp_path):
 
 
 def test_mask_rcnn_trains_on_gpu(coco, tmp_path):
-    config = _write(tmp_path / 'det.py', DET_TINY, base=DET_SWIN, data_root=coco, ckpt=None,
+    config = write_config(tmp_path / 'det.py', DET_TINY, base=DET_SWIN, data_root=coco, ckpt=None,
                     prefix=None)
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
                         '--no-validate', '--cfg-options', 'model.backbone.init_cfg=None']))
     assert re.search(r'Epoch\(train\) \[1\]\[2/2\].*loss_mask', out), out[-3000:]
     assert osp.isfile(osp.join(work, 'epoch_1.pth'))
 
 
 def test_upernet_trains_on_gpu(ade20k, tmp_path):
-    config = _write(tmp_path / 'seg.py', SEG_TINY, base=SEG_SWIN, data_root=ade20k, ckpt=None,
+    config = write_config(tmp_path / 'seg.py', SEG_TINY, base=SEG_SWIN, data_root=ade20k, ckpt=None,
                     prefix=None)
     work = str(tmp_path / 'work')
-    out = _ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), config, '--work-dir', work,
                         '--no-validate', '--cfg-options', 'model.backbone.init_cfg=None']))
     assert re.search(r'Iter\(train\) \[2/2\].*decode\.loss_ce', out), out[-3000:]
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
@@ -136,11 +139,11 @@ def test_upernet_trains_on_gpu(ade20k, tmp_path):
 def test_vit_matches_upstream_on_cuda(dtype):
     """Features bit-identical to mmpretrain's ViT, gradients equal (CUDA's attention backward
     may add in any order: to float rounding), autograd saves the same bytes (ratio 1.000)."""
-    parent, aligned = make_pair('deit-small', 'cls_token')
+    parent, aligned = make_vit_pair('deit-small', 'cls_token')
     parent.cuda().train()
     aligned.cuda().train()
     x = torch.randn(8, 3, 224, 224, device='cuda')
-    token_share = grid_share(8, (14, 14), 0).cuda()
+    token_share = vit_grid_share(8, (14, 14), 0).cuda()
     amp = torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32)
 
     torch.manual_seed(1)

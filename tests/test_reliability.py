@@ -105,6 +105,7 @@ import signal
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from helpers import free_port
 
 
 def _digest(t):
@@ -220,10 +221,6 @@ class Env:
                          '--work-dir', work_dir, *extra], extra_env={'PORT': str(free_port())})
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_demo import assert_png, write_fmnist
+from helpers import assert_png
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'tlalign', 'demo', 'fmnist_vit_tlalign.py')
@@ -46,7 +46,7 @@ def tool():
 @pytest.fixture(scope='module')
 def fmnist(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('fmnist'))
-    write_fmnist(root, n_train=8, n_test=24, gz=False)
+    datagen.write_fmnist(root, n_train=8, n_test=24, gz=False)
     return root
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import datagen
+from helpers import free_port, run_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
@@ -22,17 +23,8 @@ PY = sys.executable
 DEIT_CONFIG = datagen.tiny_deit_config('mmpretrain::deit/deit-tiny_4xb256_in1k.py')
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return str(sock.getsockname()[1])
 
 
-def run_tool(args, cwd=ROOT, env=None, timeout=600):
-    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    full_env.update(env or {})
-    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def train_cmd(config, work_dir, options, *extra):

@@ -6,7 +6,6 @@ Crafted files are real mmengine checkpoints (trained here) with a payload splice
 ``meta``: the pickle opcodes of each known route, written by a pickler that emits them raw.
 A payload that ran would write ``marker``; every test checks it did not.
 """
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 import datagen
+from helpers import load_tool, run_main
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -93,23 +93,6 @@ def splice(genuine, payload, dst):
 
 
 # ----------------------------------------------------------------------------- fixtures
-def load_tool(relpath):
-    name = 'tool_' + osp.basename(relpath)[:-3]
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_main(relpath, argv):
-    """Run a tool's main() in this process; (exit message or None)."""
-    try:
-        load_tool(relpath).main(argv)
-    except SystemExit as e:
-        return str(e.code)
-    return None
-
-
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp('trust')

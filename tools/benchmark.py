@@ -3,11 +3,15 @@ per-arm mean ± std and the paired differences with 95% confidence intervals.
 
     python tools/benchmark.py SUITE [--seeds 0 1 2] [--arms cutmix tlalign] [--work-dir DIR]
         [--cfg-options k=v ...] [--gpus N | --launcher slurm --partition P] [--dry-run]
+    python tools/benchmark.py SUITE --launcher slurm --partition P --gpus N [--gpus-per-node G]
+        [--time HH:MM:SS] [--slurm-args "--account=A"] [--max-jobs K] [--wait]
 
 SUITE is a file or a name in configs/benchmarks/ (fmnist, imagenet_deit-s, imagenet_swin-t,
 downstream_swin-t). Each cell trains through tools/train.py (``--gpus N``: tools/dist_train.sh;
-``--launcher slurm``: tools/slurm_train.sh) in ``WORK/<arm>/seed<seed>``; finished cells are
-skipped and interrupted ones resumed when run again. Writes WORK/results.{json,md,png}.
+``--launcher slurm``: every cell its own sbatch job running tools/slurm_train.sh, submitted at
+once; run the command again for their states, ``--wait`` to block) in ``WORK/<arm>/seed<seed>``;
+finished cells are skipped and interrupted ones resumed when run again. Writes
+WORK/results.{json,md,png}.
 """
 import argparse
 import os.path as osp
@@ -32,10 +36,21 @@ def parse_args(argv=None):
     p.add_argument('--gpus', type=int, default=1,
                    help='GPUs per cell; > 1 launches through tools/dist_train.sh (torchrun)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
-                   help='none: tools/train.py (or torchrun with --gpus > 1); slurm: '
-                   'tools/slurm_train.sh (srun)')
+                   help='none: tools/train.py (or torchrun with --gpus > 1); slurm: every '
+                   'cell its own sbatch job (tools/slurm_train.sh inside), submitted at once')
     p.add_argument('--partition', help='slurm partition (with --launcher slurm)')
-    p.add_argument('--gpus-per-node', type=int, default=8, help='slurm: GPUs per node')
+    p.add_argument('--gpus-per-node', type=int, default=8,
+                   help='slurm: GPUs (processes) per node; 0 on a CPU-only cluster')
+    p.add_argument('--cpus-per-task', type=int, default=5, help='slurm: CPUs per process')
+    p.add_argument('--time', help='slurm: time limit of each job, [DAYS-]HH:MM:SS (training '
+                   'saves and requeues itself shortly before it)')
+    p.add_argument('--slurm-args', default='',
+                   help='slurm: more sbatch options, e.g. "--account=A --qos=Q"')
+    p.add_argument('--max-jobs', type=int, help='slurm: at most this many jobs queued at once')
+    p.add_argument('--wait', action='store_true', help='slurm: wait until every cell has '
+                   'ended, then write the results')
+    p.add_argument('--poll', type=float, default=30.0, help='slurm --wait: seconds between '
+                   'looks at the queue')
     p.add_argument('--port', type=int, help='torchrun master port (PORT of dist_train.sh)')
     p.add_argument('--jobs', type=int, default=1,
                    help='cells run side by side on this machine (CPU: one per core trains '
@@ -56,16 +71,22 @@ def main(argv=None):
         kind = 'slurm' if args.launcher == 'slurm' else \
             'pytorch' if args.launcher == 'pytorch' or args.gpus > 1 else 'local'
         launcher = Launcher(kind=kind, gpus=args.gpus, gpus_per_node=args.gpus_per_node,
-                            partition=args.partition, port=args.port)
+                            partition=args.partition, port=args.port,
+                            cpus_per_task=args.cpus_per_task, time=args.time,
+                            slurm_args=args.slurm_args)
         work_dir = args.work_dir or osp.join('work_dirs', 'benchmarks', suite.name)
         results, failed = run_suite(suite, work_dir, launcher, args.cfg_options,
                                     args.downstream_cfg_options, dry_run=args.dry_run,
-                                    jobs=args.jobs)
+                                    jobs=args.jobs, max_jobs=args.max_jobs, wait=args.wait,
+                                    poll=args.poll)
     except UserInputError as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
         sys.exit('interrupted; run the same command again to resume the unfinished cells.')
     if results is None:
+        if failed:  # slurm, not waiting: they were shown and resubmitted
+            print(f'{len(failed)} cell(s) failed before this run: ' +
+                  ', '.join(c.name for c in failed))
         return None
     for metric in results['metrics']:
         print(f'\n{metric["name"]}' + ('' if metric['stage'] == 'train'

@@ -26,6 +26,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 EPOCHS, SUBSET, VAL_SUBSET, BATCH = 4, 20000, 2000, 32
 TRAIN_IMAGES = 60000  # in Fashion-MNIST's training split
 PATCH = 7  # the demo ViT's patch size
+#: the arms of the suite (configs/benchmarks/fmnist.py), and those the main job runs by default
+ARMS = ['cutmix', 'tlalign', 'transmix', 'tlalign-dense', 'origin-dense']
+DEFAULT_ARMS = ['cutmix', 'tlalign', 'transmix']
 
 
 def budget_schedule(budget):
@@ -41,8 +44,9 @@ def parse_args(argv=None):
         description='CutMix, TL-Align and TransMix on Fashion-MNIST over seeds: train, '
         'compare with paired confidence intervals, plot.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--arms', nargs='+', choices=['cutmix', 'tlalign', 'transmix'],
-                   default=None, help='arms to run (default: all of the suite)')
+    p.add_argument('--arms', nargs='+', choices=ARMS, default=DEFAULT_ARMS,
+                   help='arms to run; tlalign-dense / origin-dense add dense token labels '
+                   '(traced / starting shares) to TL-Align')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
                    help='seeds of every arm (the arms of one seed share weights, data order '
                    'and CutMix boxes)')

@@ -11,6 +11,7 @@ from mmtlalign.engine.precision import configure_tf32
 from mmtlalign.cli import launch
 from mmtlalign.checkpoint.fit import check_checkpoint_fits
 from mmtlalign.cli.work_dir_lock import hold_work_dir
+from mmtlalign.engine.preemption import add_preemption_hook
 
 
 def parse_args(argv=None):
@@ -34,10 +35,11 @@ def parse_args(argv=None):
 def main(argv=None):
     from mmtlalign.engine import run_options  # compile=True -> CompileRunner; --tensorboard
     args = parse_args(argv)
-
+    cfg = None
     try:
         cfg = launch.load_config(args.config, args.cfg_options)
         run_options.apply(cfg, tensorboard=args.tensorboard)
+        add_preemption_hook(cfg)  # in a Slurm job: SIGUSR1/SIGTERM save and exit for requeue
         configure_tf32(cfg)  # TF32 on Ampere+ unless the config says tf32 = False
         cfg.launcher = args.launcher
         cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
@@ -52,6 +54,7 @@ def main(argv=None):
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
         launch.resolve_resume(cfg, args.resume)
         launch.check_schedule(cfg)
+        launch.check_optimizer(cfg)
         loaders = ['train_dataloader']
         if cfg.get('val_cfg') is not None:
             loaders.append('val_dataloader')
@@ -66,6 +69,11 @@ def main(argv=None):
             runner.train()
     except launch.UserInputError as e:  # also raised by mmtlalign components during the run
         sys.exit(f'error: {e}')
+    except OSError as e:  # a read-only work dir, a full disk
+        message = launch.storage_error(e, cfg and cfg.get('work_dir'))
+        if message is None:
+            raise
+        sys.exit(f'error: {message}')
     launch.finish_distributed()
 
 

@@ -14,5 +14,26 @@ arms = [
          baseline='cutmix'),
     dict(name='transmix', label='TransMix',
          config='configs/tlalign/demo/fmnist_vit_transmix.py', baseline='cutmix'),
+    # dense token labels (opt-in, not in the main job's default arms; tools/demo.py --arms
+    # cutmix tlalign tlalign-dense origin-dense): TL-Align plus a loss on every output token,
+    # against its traced share ('tlalign-dense') or the share its patch started with
+    # ('origin-dense', MixToken's label)
+    dict(name='tlalign-dense', label='TL-Align + token labels',
+         config='configs/tlalign/demo/fmnist_vit_tlalign-dense.py', baseline='cutmix'),
+    dict(name='origin-dense', label='TL-Align + origin token labels',
+         config='configs/tlalign/demo/fmnist_vit_origin-dense.py', baseline='cutmix'),
 ]
-comparisons = [('tlalign', 'transmix')]
+comparisons = [('tlalign', 'transmix'), ('tlalign-dense', 'tlalign'),
+               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense')]
+# Evaluation stages, run on every arm x seed's final checkpoint (no retraining; a rerun skips
+# finished stages; mmtlalign/evaluation/stages.py): occlusion of 10-90% of the 16 patch tokens,
+# the image cut into 2x2 / 4x4 shuffled blocks, the 15 ImageNet-C corruptions x 5 severities
+# (imagecorruptions-imaug, on the first 500 test images: 37,500 corrupted images per cell) and
+# calibration (ECE with 15 bins, NLL) of the clean test images. Same perturbed images in every
+# arm and seed (each image draws from a fixed seed and its own index).
+evaluation = [
+    dict(kind='occlusion'),
+    dict(kind='patch_shuffle', grids=[2, 4]),
+    dict(kind='corruption', num_images=500),
+    dict(kind='calibration'),
+]

@@ -21,6 +21,13 @@ arms = [
          baseline='cutmix'),
     dict(name='tlalign', label='TL-Align', config='configs/tlalign/deit-s_8xb128.py',
          baseline='cutmix', reference=dict(paper=80.6)),
+    # dense token labels: TL-Align + a loss on every patch token against its traced share, and
+    # the ablation with each token's starting (MixToken) share; no published number
+    dict(name='tlalign-dense', label='TL-Align + token labels',
+         config='configs/tlalign/deit-s_8xb128_token-labels.py', baseline='cutmix'),
+    dict(name='origin-dense', label='TL-Align + origin token labels',
+         config='configs/tlalign/deit-s_8xb128_token-labels_origin.py', baseline='cutmix'),
 ]
 # the method against the one the paper argues against, paired by seed as well
-comparisons = [('tlalign', 'transmix')]
+comparisons = [('tlalign', 'transmix'), ('tlalign-dense', 'tlalign'),
+               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense')]

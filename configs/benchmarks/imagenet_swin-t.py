@@ -14,4 +14,12 @@ arms = [
          reference=dict(paper=81.2, mmpretrain=81.18)),
     dict(name='tlalign', label='TL-Align', config='configs/tlalign/swin-t_16xb64.py',
          baseline='cutmix', reference=dict(paper=81.4)),
+    # dense token labels on the 7x7 last-stage tokens: traced shares, and the starting-share
+    # ablation; no published number
+    dict(name='tlalign-dense', label='TL-Align + token labels',
+         config='configs/tlalign/swin-t_16xb64_token-labels.py', baseline='cutmix'),
+    dict(name='origin-dense', label='TL-Align + origin token labels',
+         config='configs/tlalign/swin-t_16xb64_token-labels_origin.py', baseline='cutmix'),
 ]
+comparisons = [('tlalign-dense', 'tlalign'), ('origin-dense', 'tlalign'),
+               ('tlalign-dense', 'origin-dense')]

@@ -33,13 +33,24 @@ class Launcher:
     partition: str = None
     port: int = None
     python: str = sys.executable
+    # slurm (see mmtlalign.benchmark.slurm): sbatch options of every cell's job
+    cpus_per_task: int = 5
+    time: str = None  # --time, e.g. '72:00:00'
+    slurm_args: str = ''  # more sbatch options, e.g. '--account=A --qos=Q'
+    signal_seconds: int = 180  # --signal=USR1@N: warning before the time limit
 
     def check(self):
         if self.kind == 'slurm' and not self.partition:
             raise UserInputError('--launcher slurm needs --partition NAME (the slurm partition '
-                                 'srun submits to).')
+                                 'the cells\' jobs are submitted to).')
         if self.gpus < 1:
             raise UserInputError(f'--gpus must be >= 1, got {self.gpus}.')
+        if self.gpus_per_node < 0:
+            raise UserInputError(f'--gpus-per-node must be >= 0 (0: a CPU-only cluster), got '
+                                 f'{self.gpus_per_node}.')
+        if self.time is not None and not re.fullmatch(r'(\d+-)?\d+(:\d\d){0,2}', self.time):
+            raise UserInputError(f'--time {self.time!r}: use Slurm\'s [DAYS-]HH:MM:SS, e.g. '
+                                 '72:00:00 or 2-00:00:00.')
         return self
 
 

@@ -173,12 +173,14 @@ def plot(results, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    metrics = results['metrics']
+    from .stages import families  # evaluation stages: a panel per metric family, below
+    evaluation = (results.get('evaluation') or {}).get('stages', {})
+    metrics = [m for m in results['metrics'] if m['stage'] not in evaluation]
+    panels = families(results)
     has_comp = bool(results['comparisons'])
     nrows = 2 if has_comp else 1
-    fig, axes = plt.subplots(nrows, len(metrics), figsize=(max(5.5, 2.2 * len(results['arms'])
-                                                               ) * len(metrics), 4 * nrows),
-                             squeeze=False)
+    fig, axes, extra = _figure(plt, nrows, len(metrics), len(panels),
+                               max(5.5, 2.2 * len(results['arms'])) * len(metrics))
     names = list(results['arms'])
     seeds = [str(s) for s in results['seeds']]
     colors = plt.cm.tab10.colors
@@ -232,10 +234,30 @@ def plot(results, path):
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    for draw, ax in zip(panels, extra):
+        draw(ax)
     fig.suptitle(f'benchmark {results["suite"]}: seeds {", ".join(seeds)}')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _figure(plt, nrows, ncols, npanels, width):
+    """(figure, ``(nrows, ncols)`` axes of the per-metric panels, axes of ``npanels`` extra
+    panels in rows of up to 3 below them)."""
+    if not npanels:
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4 * nrows), squeeze=False)
+        return fig, axes, []
+    import numpy as np
+    per_row = min(3, npanels)
+    extra_rows = -(-npanels // per_row)
+    fig = plt.figure(figsize=(max(width, 5.5 * per_row), 4 * (nrows + extra_rows)))
+    grid = fig.add_gridspec(nrows + extra_rows, 1)
+    top = grid[:nrows].subgridspec(nrows, ncols)
+    axes = np.array([[fig.add_subplot(top[r, c]) for c in range(ncols)] for r in range(nrows)])
+    bottom = grid[nrows:].subgridspec(extra_rows, per_row)
+    extra = [fig.add_subplot(bottom[k // per_row, k % per_row]) for k in range(npanels)]
+    return fig, axes, extra
 
 
 def write_all(results, work_root):

@@ -10,6 +10,7 @@ from . import launch as launching
 from .cells import plan_cells, read_marker, write_marker
 from .metrics import last_validation
 from .report import aggregate, write_all
+from .stages import evaluate_cells, summarise as summarise_evaluation
 
 
 def fmt_time(seconds):
@@ -63,7 +64,7 @@ def cell_result(cell):
 
 
 def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=None,
-              dry_run=False, jobs=1, echo=print):
+              dry_run=False, jobs=1, echo=print, max_jobs=None, wait=False, poll=30.0):
     """Run (or with ``dry_run`` print) every cell of ``suite``; write the three results files.
 
     Args:
@@ -71,8 +72,13 @@ def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=N
             poorly with several threads: two one-thread cells on two cores train about twice
             as fast as one two-thread cell. Each cell gets ``cores // jobs`` OpenMP threads.
 
+        max_jobs, wait, poll: slurm only (each cell its own batch job, see
+            :mod:`mmtlalign.benchmark.slurm`): at most ``max_jobs`` queued at once; ``wait``
+            polls every ``poll`` seconds until every cell has ended.
+
     Returns:
-        (results dict or None for a dry run, list of failed cells)
+        (results dict or None for a dry run, list of failed cells); slurm without ``wait``:
+        None until every cell is done.
     """
     launcher.check()
     if jobs > 1 and launcher.kind != 'local':
@@ -86,6 +92,21 @@ def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=N
          f' = {len(cells)} cell(s) in {work_root}: {counts["done"]} finished, '
          f'{counts["partial"]} to resume, {counts["new"]} to run' +
          (f', {jobs} at a time' if jobs > 1 and not dry_run else ''))
+    if launcher.kind == 'slurm':  # every cell its own batch job
+        from .slurm import run_slurm
+        done, failed = run_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo,
+                                 collect=cell_result)
+        if dry_run or not (done or wait):
+            return None, failed
+        for cell in cells:
+            if cell.state == 'done' and not cell.result:
+                cell.result = cell_result(cell)
+        cells, skipped = evaluate_cells(suite, cells, launcher, echo, failed=failed)
+        os.makedirs(work_root, exist_ok=True)
+        results = aggregate(suite, cells, work_root)
+        results['evaluation'] = summarise_evaluation(suite, cells, skipped)
+        results['files'] = write_all(results, work_root)
+        return results, failed
     run = _Run(cells, launcher, echo, jobs)
     for i, cell in enumerate(cells, 1):
         cell.prefix = f'[{i}/{len(cells)}] {cell.name}:'
@@ -99,10 +120,14 @@ def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=N
             echo(('# resume\n' if cell.state == 'partial' else '') +
                  launching.shell_line(argv, env))
     if dry_run:
+        evaluate_cells(suite, cells, launcher, echo, dry_run=True)
         return None, []
     run.all()
+    # evaluation stages (robustness, calibration...) on every finished cell's checkpoint
+    cells, skipped = evaluate_cells(suite, cells, launcher, echo, jobs, run.env, run.failed)
     os.makedirs(work_root, exist_ok=True)
     results = aggregate(suite, cells, work_root)
+    results['evaluation'] = summarise_evaluation(suite, cells, skipped)
     results['files'] = write_all(results, work_root)
     return results, run.failed
 

@@ -79,6 +79,7 @@ class Suite:
     cfg_options: dict = field(default_factory=dict)
     comparisons: list = field(default_factory=list)  # (arm, reference arm) pairs
     downstream: list = field(default_factory=list)  # of Stage
+    evaluation: list = field(default_factory=list)  # of stages.EvalStage, after training
 
     def arm(self, name):
         return next(a for a in self.arms if a.name == name)
@@ -214,7 +215,10 @@ def load_suite(path, arms=None, seeds=None):
         d['cfg_options'] = _check_options(d.get('cfg_options'), f'{where}: downstream')
         stages.append(Stage(**d))
         metrics += d['metrics']
+    from .stages import parse_evaluation  # evaluation stages on each finished cell
+    evaluation = parse_evaluation(cfg.get('evaluation', []), where, names, Metric)
+    metrics += [m for stage in evaluation for m in stage.metrics]
     return Suite(name=cfg.get('name', osp.splitext(osp.basename(path))[0]), path=path,
                  arms=suite_arms, seeds=seeds, metrics=metrics,
                  cfg_options=_check_options(cfg.get('cfg_options'), f'{where}: cfg_options'),
-                 comparisons=comparisons, downstream=stages)
+                 comparisons=comparisons, downstream=stages, evaluation=evaluation)

@@ -44,11 +44,32 @@ def load_checkpoint_file(path, trust=False):
 
 
 # ----------------------------------------------------------------------------- classifier
+#: ``meta`` fields a converted checkpoint keeps: short plain values that say where it came from
+_META_KEEP = ('epoch', 'iter', 'seed', 'experiment_name', 'time', 'mmengine_version',
+              'mmtlalign_converted')
+
+
+def plain_meta(meta):
+    """The fields of ``meta`` we understand, as short plain values; everything else (config
+    text, dataset meta, anything a crafted file put there) is left out."""
+    if not isinstance(meta, dict):
+        return {}
+    kept = {}
+    for key in _META_KEEP:
+        value = meta.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int) or (isinstance(value, str) and len(value) <= 200):
+            kept[key] = value
+    return kept
+
+
 def classifier_to_backbone(checkpoint, prefix='backbone.'):
     """A classifier checkpoint -> ``{'meta': ..., 'state_dict': backbone keys}``.
 
-    Optimizer state and the message hub are dropped; ``meta`` is kept (with a note of the
-    conversion). The ``_metadata`` (module versions) is kept too, with the prefix removed.
+    Optimizer state and the message hub are dropped; of ``meta`` only the plain fields we
+    understand are kept (:func:`plain_meta`), with a note of the conversion. The ``_metadata``
+    (module versions) is kept too, with the prefix removed.
     """
     sd = unwrap_state_dict(checkpoint)
     backbone = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
@@ -69,7 +90,7 @@ def classifier_to_backbone(checkpoint, prefix='backbone.'):
                 backbone._metadata[''] = v
             elif k.startswith(prefix):
                 backbone._metadata[k[len(prefix):]] = v
-    meta = dict(checkpoint.get('meta') or {}) if isinstance(checkpoint, dict) else {}
+    meta = plain_meta(checkpoint.get('meta') if isinstance(checkpoint, dict) else None)
     meta['mmtlalign_converted'] = f'backbone only ({prefix!r} stripped) by {CONVERTER_CLS}'
     return {'meta': meta, 'state_dict': backbone}
 

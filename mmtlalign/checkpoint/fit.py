@@ -278,3 +278,14 @@ def check_pretrained_backbone(backbone, checkpoint, prefix=None):
             f'the pretrained checkpoint does not fit {type(backbone).__name__}: backbone '
             f'{report.summary()}. {report.hint}')
     return report
+
+
+def check_pretrained_init(backbone):
+    """Refuse ``backbone.init_cfg=dict(type='Pretrained', ...)`` unless the checkpoint fits
+    (mmengine's ``PretrainedInit`` loads with ``strict=False`` and only warns). Runs once per
+    module, before the parent's ``init_weights``; a no-op for every other ``init_cfg``."""
+    init_cfg = getattr(backbone, 'init_cfg', None)
+    if (getattr(backbone, '_is_init', False) or not isinstance(init_cfg, dict)
+            or init_cfg.get('type') != 'Pretrained' or not init_cfg.get('checkpoint')):
+        return None
+    return check_pretrained_backbone(backbone, init_cfg['checkpoint'], init_cfg.get('prefix'))

@@ -21,21 +21,31 @@ cannot run code:
   (``numpy._core``) module names. Object arrays cannot smuggle anything: their items must be
   built by the same unpickler.
 
-The allow-list is active only inside :func:`checkpoint_globals` -- around the loads mmtlalign
-makes (:func:`load_checkpoint_file`, which also serves mmengine's local-file checkpoint scheme
-once ``mmtlalign`` is imported) -- and never widens ``torch.load`` for other code in the process.
+During our loads the allow-list is *exactly* this one: torch's process-wide list (what
+``torch.serialization.add_safe_globals`` collected -- torch.distributed alone adds every builtin
+exception and ``traceback.FrameSummary``, whose constructor reads lines of any local file) is
+set aside for the loading thread only, and left untouched for the user and for other threads
+(:func:`exclusive_globals`). After unpickling, every tensor must fit in its storage (a stride-0
+"tensor" of a 2 KB file can expand to gigabytes in a converter), every numpy dtype must be a
+plain numeric one (BUILD can give an allowed dtype hidden object fields), and the plain data
+that mmengine acts on is made inert (:mod:`.inert`: config text that it would execute, paths
+that it would delete).
+
 A file the safe loader refuses, or one that is not a (complete) checkpoint, raises
 :class:`CheckpointLoadError` with a message saying which.
 """
 import argparse
 import os.path as osp
 import pickle
+import threading
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch import _weights_only_unpickler as _wou
 
 from ..errors import UserInputError
+from .inert import neutralise, warn_changes
 
 
 class CheckpointLoadError(UserInputError):
@@ -117,15 +127,26 @@ class _CheckedNamespace(argparse.Namespace):
 
 
 # ----------------------------------------------------------------------------- allow-list
-def _numpy_globals():
+def _checked_scalar(dtype, *data):
+    """Stand-in for numpy's scalar reconstructor: the dtype is checked before numpy reads the
+    bytes as values of it."""
+    _check_dtype(dtype, 'a numpy scalar')
+    return _numpy_multiarray().scalar(dtype, *data)
+
+
+def _numpy_multiarray():
     if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
         from numpy._core import multiarray
     else:
         from numpy.core import multiarray
+    return multiarray
+
+
+def _numpy_globals():
+    reconstruct = _numpy_multiarray()._reconstruct
     named = []
-    for name in ('_reconstruct', 'scalar'):
-        fn = getattr(multiarray, name)
-        named += [(fn, f'numpy.core.multiarray.{name}'), (fn, f'numpy._core.multiarray.{name}')]
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        named += [(reconstruct, f'{module}._reconstruct'), (_checked_scalar, f'{module}.scalar')]
     dtype_classes = [type(np.dtype(name)) for name in (
         'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool')]
     return named + [np.ndarray, np.dtype] + dtype_classes
@@ -145,11 +166,104 @@ def mmengine_checkpoint_globals():
 NAMESPACE_GLOBALS = [(_CheckedNamespace, 'argparse.Namespace')]
 
 
+# ----------------------------------------------------------------------------- exclusive list
+_local = threading.local()  # .allowed: {pickled name: object} during our loads in this thread
+
+
+def _as_allowed(entries):
+    """``{pickled name: object}`` for allow-list entries (as torch names them)."""
+    allowed = {}
+    for entry in entries:
+        if isinstance(entry, tuple):
+            obj, name = entry
+        else:
+            obj, name = entry, f'{entry.__module__}.{entry.__qualname__}'
+        allowed[name] = obj
+    return allowed
+
+
+def _install_thread_local_globals():
+    """Make torch's unpickler ask this thread's allow-list first (once per process).
+
+    torch's weights-only unpickler calls ``_get_user_allowed_globals()`` for every GLOBAL,
+    NEWOBJ, REDUCE and BUILD; the replacement returns our list while :func:`exclusive_globals`
+    is active in the calling thread, and torch's own process-wide list otherwise.
+    """
+    original = _wou._get_user_allowed_globals
+    if getattr(original, '_mmtlalign', False):
+        return
+
+    def _get_user_allowed_globals():
+        allowed = getattr(_local, 'allowed', None)
+        return dict(allowed) if allowed is not None else original()
+
+    _get_user_allowed_globals._mmtlalign = True
+    _wou._get_user_allowed_globals = _get_user_allowed_globals
+
+
 @contextmanager
-def checkpoint_globals(extra=()):
-    """Allow :func:`mmengine_checkpoint_globals` (and ``extra``) for the loads inside."""
-    with torch.serialization.safe_globals(mmengine_checkpoint_globals() + list(extra)):
+def exclusive_globals(entries):
+    """Inside, this thread's weights-only loads allow exactly ``entries`` (beside torch's
+    built-in tensor types), whatever the process-wide list holds; other threads and the
+    process-wide list are not touched."""
+    _install_thread_local_globals()
+    previous = getattr(_local, 'allowed', None)
+    _local.allowed = _as_allowed(entries)
+    try:
         yield
+    finally:
+        _local.allowed = previous
+
+
+def checkpoint_globals(extra=()):
+    """:func:`exclusive_globals` with :func:`mmengine_checkpoint_globals` (and ``extra``)."""
+    return exclusive_globals(mmengine_checkpoint_globals() + list(extra))
+
+
+# ----------------------------------------------------------------------------- after loading
+_PLAIN_KINDS = 'biuf'
+
+
+def _check_tensor(t, where):
+    """A tensor must fit in its own storage: no stride-0 or overlapping expansion."""
+    if t.layout != torch.strided:
+        return
+    if any(s < 0 for s in t.stride()):
+        _refuse(f'tensor {where} has a negative stride')
+    needed = t.numel() * t.element_size()
+    if needed > t.untyped_storage().nbytes():
+        _refuse(f'tensor {where} of shape {tuple(t.shape)} and strides {t.stride()} claims '
+                f'{needed} bytes from a storage of {t.untyped_storage().nbytes()}: its elements '
+                'overlap (a stride-0 expansion)')
+
+
+def _check_dtype(dtype, where):
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or dtype.fields
+            or dtype.subdtype is not None or dtype.hasobject
+            or dtype.itemsize != np.dtype(dtype.str).itemsize):
+        _refuse(f'numpy dtype at {where} is not a plain numeric dtype')
+
+
+def check_plain(obj, where='checkpoint', depth=0):
+    """Walk what the unpickler built; refuse tensors that overflow their storage and numpy
+    values of non-plain dtypes."""
+    if depth > 64:
+        _refuse(f'{where} is nested more than 64 levels deep')
+    if torch.is_tensor(obj):
+        _check_tensor(obj, where)
+    elif isinstance(obj, np.dtype):
+        _check_dtype(obj, where)
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        _check_dtype(obj.dtype, where)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_plain(v, f'{where}[{k!r}]'[:300], depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, v in enumerate(obj):
+            check_plain(v, f'{where}[{i}]'[:300], depth + 1)
+    elif hasattr(obj, '__dict__') and not isinstance(obj, type):  # buffers, Namespace
+        for k, v in vars(obj).items():
+            check_plain(v, f'{where}.{k}'[:300], depth + 1)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -175,11 +289,14 @@ def load_checkpoint_file(path, map_location='cpu', extra_globals=()):
         raise FileNotFoundError(f'{path} can not be found.')
     try:
         with checkpoint_globals(extra_globals):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        check_plain(checkpoint)
     except (FileNotFoundError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise CheckpointLoadError(_describe_failure(path, e)) from None
+    warn_changes(path, neutralise(checkpoint, path))
+    return checkpoint
 
 
 def _describe_failure(path, error):

@@ -3,6 +3,7 @@
 Every check raises :class:`UserInputError` with a message that names the problem and the fix;
 the tools print it without a traceback.
 """
+import errno
 import os
 import os.path as osp
 
@@ -131,6 +132,8 @@ def setup_cpu_distributed(cfg, launcher):
     skips its own initialisation) and build the wrapper with ``device_ids=None``.
     """
     check_launcher_env(launcher)
+    if launcher == 'slurm':
+        slurm_master_port()
     if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
         return
     if launcher == 'slurm':
@@ -184,60 +187,17 @@ def finish_distributed():
 
 
 def check_schedule(cfg):
-    """Fail before training when a parameter scheduler would start after training ends
-    (e.g. ``max_epochs`` shorter than the warm-up), which mmengine reports as a traceback."""
-    train_cfg = cfg.get('train_cfg') or {}
-    by_epoch_loop = 'max_epochs' in train_cfg
-    length = train_cfg.get('max_epochs', train_cfg.get('max_iters'))
-    schedulers = cfg.get('param_scheduler') or []
-    if length is None:
-        return
-    if isinstance(schedulers, dict):
-        schedulers = [schedulers]
-    unit = 'epochs' if by_epoch_loop else 'iterations'
-    key = 'max_epochs' if by_epoch_loop else 'max_iters'
-    for i, sched in enumerate(schedulers):
-        if not isinstance(sched, dict) or sched.get('by_epoch', True) != by_epoch_loop:
-            continue
-        begin = sched.get('begin', 0)
-        if begin >= length:
-            raise UserInputError(
-                f'train_cfg.{key}={length} ends before param_scheduler[{i}] '
-                f'({sched.get("type")}) begins at {begin} {unit} (after the warm-up): train '
-                f'for more than {begin} {unit}, or shorten the warm-up, e.g. --cfg-options '
-                f'param_scheduler.{i - 1 if i else 0}.end={max(length // 2, 1)} '
-                f'param_scheduler.{i}.begin={max(length // 2, 1)}')
+    """Fit the warm-up into a shorter run (with a warning saying by how much) and warn about a
+    learning rate below ``eta_min``; see :mod:`mmtlalign.cli.schedule`."""
+    from .schedule import check_schedule as fit_and_check
+    return fit_and_check(cfg)
 
 
 def check_coco_classes(cfg, loaders):
-    """COCO-style datasets: every class name in ``metainfo.classes`` must be a category of the
-    annotation file; mmdet otherwise drops it silently and fails at evaluation."""
-    import json
-    for loader in loaders:
-        if cfg.get(loader) is None:
-            continue
-        for ds in _datasets(cfg[loader].get('dataset')):
-            classes = (ds.get('metainfo') or {}).get('classes')
-            path = _annotation_path(ds)
-            if not classes or not path or not path.endswith('.json') or not osp.isfile(path):
-                continue
-            try:
-                with open(path) as f:
-                    categories = json.load(f).get('categories')
-            except (OSError, ValueError, AttributeError) as e:
-                raise UserInputError(f'annotation file {path!r} ({loader}.dataset.ann_file) is '
-                                     f'not a readable COCO json: {e}') from None
-            if not isinstance(categories, list):
-                continue
-            names = {c.get('name') for c in categories if isinstance(c, dict)}
-            absent = [c for c in classes if c not in names]
-            if absent:
-                raise UserInputError(
-                    f'{loader}.dataset.metainfo.classes has names that are not categories of '
-                    f'{path!r}: {", ".join(map(repr, absent[:5]))}'
-                    f'{" ..." if len(absent) > 5 else ""} (the file has e.g. '
-                    f'{", ".join(map(repr, sorted(n for n in names if n)[:5]))}). Use the '
-                    "annotation file's category names in metainfo.classes.")
+    """COCO annotation files against the classes in effect (``metainfo.classes`` or the dataset
+    class's default), before training; see :mod:`mmtlalign.cli.coco_check`."""
+    from .coco_check import check_coco_classes as check
+    check(cfg, loaders)
 
 
 def _annotation_path(ds):
@@ -245,6 +205,18 @@ def _annotation_path(ds):
     if not ann:
         return None
     return ann if osp.isabs(ann) or not root else osp.join(root, ann)
+
+
+def slurm_master_port():
+    """A ``MASTER_PORT`` of this Slurm job step, unless one is set: two jobs (or two steps of
+    one job) on the same node then do not both listen on mmengine's default 29500. Every task
+    of a step computes the same port from the job and step ids."""
+    if 'MASTER_PORT' in os.environ or 'SLURM_JOB_ID' not in os.environ:
+        return
+    job = int(os.environ['SLURM_JOB_ID'])
+    step = os.environ.get('SLURM_STEP_ID', '0')
+    step = int(step) % 100 if step.isdigit() else 0  # 'batch' in the batch script
+    os.environ['MASTER_PORT'] = str(20000 + (job * 100 + step) % 30000)
 
 
 def _slurm_env_to_torch_env():
@@ -275,3 +247,52 @@ def checkpoint_to_load(cfg):
     if cfg.get('load_from'):
         return cfg.load_from, '--resume' if cfg.get('resume') else 'load_from'
     return None
+
+
+def check_optimizer(cfg):
+    """The optimizer type must be registered (mmengine otherwise fails mid-build with
+    ``TypeError: None is not a callable object``)."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    optimizer = wrapper.get('optimizer') if isinstance(wrapper, dict) else None
+    name = optimizer.get('type') if isinstance(optimizer, dict) else None
+    if not isinstance(name, str):
+        return
+    import difflib
+    import importlib
+
+    from mmengine.registry import OPTIMIZERS
+    try:  # the scope's own registry: its optimizers, then mmengine's (torch.optim)
+        registry = importlib.import_module(f'{cfg.get("default_scope")}.registry').OPTIMIZERS
+    except (ImportError, AttributeError):
+        registry = OPTIMIZERS
+    if registry.get(name) is not None:
+        return
+    known = sorted(set(registry.module_dict) | set(OPTIMIZERS.module_dict))
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f' Did you mean {" or ".join(close)}?' if close else ''
+    raise UserInputError(
+        f'optim_wrapper.optimizer.type={name!r} is not a registered optimizer.{hint} Known: '
+        f'{", ".join(known[:12])}{", ..." if len(known) > 12 else ""} (torch.optim names).')
+
+
+_STORAGE_ERRNOS = {
+    errno.EROFS: 'the file system is read-only',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'permission denied',
+    errno.ENOSPC: 'no space left on the device',
+    errno.EDQUOT: 'the disk quota is exceeded',
+}
+
+
+def storage_error(error, work_dir=None):
+    """A one-line message for a write that failed because of the disk, or None for any other
+    :class:`OSError` (which the tools re-raise)."""
+    why = _STORAGE_ERRNOS.get(getattr(error, 'errno', None))
+    if why is None:
+        return None
+    where = error.filename or work_dir or '?'
+    fix = ('free some space (older checkpoints: default_hooks.checkpoint.max_keep_ckpts) and '
+           'resume with --resume: the last complete checkpoint is intact'
+           if error.errno in (errno.ENOSPC, errno.EDQUOT) else
+           'pass a writable --work-dir (or fix the permissions)')
+    return f'cannot write {where!r}: {why}. {fix}.'

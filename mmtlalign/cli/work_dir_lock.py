@@ -6,13 +6,15 @@ checkpoints (``max_keep_ckpts``). ``tools/train.py`` takes an exclusive ``flock`
 (host, PID, start time, command) into the file. The kernel drops the lock when the process
 ends, however it ends, so a killed run leaves no stale lock: ``--resume`` just works.
 """
+import errno
 import json
 import os
-from contextlib import contextmanager
 import os.path as osp
 import socket
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 
 from ..errors import UserInputError
 
@@ -37,7 +39,7 @@ def _holder(fd):
 def hold_work_dir(work_dir):
     """Hold ``work_dir`` for the run inside, or raise :class:`WorkDirBusyError` naming the live
     run that holds it. A no-op on non-zero ranks and where ``fcntl`` is missing."""
-    if os.environ.get('RANK', '0') != '0':
+    if os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) != '0':  # srun: no RANK yet
         yield
         return
     try:
@@ -50,7 +52,15 @@ def hold_work_dir(work_dir):
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # the file system cannot lock (ENOLCK on some NFS mounts): run unguarded
+                warnings.warn(f'cannot lock work dir {work_dir!r} ({os.strerror(e.errno)}; its '
+                              'file system does not support flock): running without the '
+                              'one-run-per-work-dir guard, so make sure no other run uses it.',
+                              stacklevel=3)
+                yield
+                return
             raise WorkDirBusyError(
                 f'work dir {work_dir!r} is in use by a live run ({_holder(fd)}); two runs in '
                 'one work dir overwrite each other\'s logs and checkpoints. Wait for it or stop '

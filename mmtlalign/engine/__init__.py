@@ -10,6 +10,7 @@ from .nonfinite import NonFiniteLossError, NonFiniteLossHook
 from .resume import ExactResumeHook
 from .downstream_checks import DownstreamChecksHook
 from .compile import CompileRunner, compile_model  # runner for `compile=True`
+from .preemption import PreemptionHook  # noqa: F401  (SIGUSR1/SIGTERM: save, requeue)
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write', 'CheckedLoadImageFromFile',

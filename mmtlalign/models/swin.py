@@ -178,15 +178,64 @@ class AlignedSwinTransformer(ShareTracingMixin, SwinTransformer):
                              '(kernel_size=2, stride=2, padding="corner"), not the '
                              'downsample_cfg given in stage_cfgs.')
 
-    def trace_shares(self, x, token_share):
+    def trace_shares(self, x, token_share, dense=False):
         """Run :meth:`forward` with a :class:`SwinShareTracer`: ``tracer.outs`` the outputs,
         ``tracer.history`` (B, H_i * W_i) shares after each block, ``tracer.grids`` their
-        (H_i, W_i)."""
+        (H_i, W_i); with ``dense`` also ``tracer.tokens``, the (B, N, C) output tokens of
+        :meth:`forward_tokens`."""
         grid = self.token_grid(x, token_share)
         tracer = SwinShareTracer(token_share.float().reshape(-1, *grid), self.residual_weight)
         with self._hooked(tracer):
             tracer.outs = self.forward(x)
+        if dense:
+            tracer.tokens = self._output_tokens(tracer.outs)
         return tracer
+
+    # -- per-token output, for dense token labels (TLAlignClassifier(token_loss=...)) --
+    @property
+    def token_channels(self):
+        """C of the (B, N, C) tokens of :meth:`forward_tokens`."""
+        return self.num_features[max(self.out_indices)]
+
+    def check_token_output(self):
+        """Every Swin output is a token map: nothing to refuse."""
+
+    def forward_tokens(self, x):
+        """:meth:`forward` and the (B, N, C) tokens of the output the head consumes.
+
+        Returns:
+            tuple: ``outs``, exactly as :meth:`forward` returns them, and the tokens of the
+            last of ``out_indices`` (after its norm), row-major on that stage's grid: the
+            (B, C, h, w) map the neck pools, as a sequence (no copy of the features).
+        """
+        outs = self.forward(x)
+        return outs, self._output_tokens(outs)
+
+    @staticmethod
+    def _output_tokens(outs):
+        # outs come in stage order, so the last is the last of out_indices
+        return outs[-1].flatten(2).transpose(1, 2)
+
+    def output_token_share(self, tracer):
+        """(B, N) traced partner share of each token of the output the head consumes, in the
+        order of :meth:`forward_tokens`."""
+        return tracer.stage_shares[max(self.out_indices)].flatten(1)
+
+    def origin_token_share(self, token_share, grid):
+        """(B, N) the starting partner share of each output token (the MixToken label): the
+        mean input-patch share of the region it merges, i.e. the trace with ``r = 0``.
+
+        Args:
+            token_share (Tensor): (B, h0 * w0) shares of the first-stage patches.
+            grid (tuple[int, int]): (h0, w0).
+        """
+        share = token_share.float().reshape(-1, *grid)
+        last = max(self.out_indices)
+        for i, stage in enumerate(self.stages[:last + 1]):
+            # a stage's own merging precedes its output only with out_after_downsample
+            if stage.downsample is not None and (i < last or self.out_after_downsample):
+                share = alignment.merge_share_2x2(share)
+        return share.flatten(1)
 
     def output_share(self, tracer):
         """(B,) share of the output the head consumes (the last of ``out_indices``), pooled."""

@@ -12,25 +12,39 @@ class ShareTracingMixin:
             raise UserInputError(f'residual_weight must lie in [0, 1], got {residual_weight}.')
         return residual_weight
 
+    def init_weights(self):
+        """As the parent's, but a ``Pretrained`` checkpoint that does not fit is refused (as
+        ``load_from`` is) instead of leaving the backbone random after a warning."""
+        from ..checkpoint.fit import check_pretrained_init
+        check_pretrained_init(self)
+        super().init_weights()
+
     @property
     def patch_size(self):
         """(ph, pw) pixels per (first-stage) token."""
         return tuple(self.patch_embed.projection.stride)
 
-    def forward_aligned(self, x, token_share):
+    def forward_aligned(self, x, token_share, dense=False):
         """Forward and trace the partner share of the output.
 
         Args:
             x (Tensor): (B, C, H, W) mixed images; H, W multiples of the patch size.
             token_share (Tensor): (B, H/ph * W/pw) partner share of each (first-stage) patch
                 token, row-major.
+            dense (bool): also return the output tokens and their traced shares (the dense
+                token labels of ``TLAlignClassifier(token_loss=...)``), from the same pass.
 
         Returns:
             tuple: ``outs``, exactly as :meth:`forward` returns them, and the partner share
-            (B,) of the output the head consumes (see :meth:`output_share`).
+            (B,) of the output the head consumes (see :meth:`output_share`). With ``dense``
+            also the (B, N, C) output tokens (see :meth:`forward_tokens`) and their (B, N)
+            traced partner shares (see :meth:`output_token_share`).
         """
-        tracer = self.trace_shares(x, token_share)
-        return tracer.outs, self.output_share(tracer)
+        tracer = self.trace_shares(x, token_share, dense=dense)
+        if not dense:
+            return tracer.outs, self.output_share(tracer)
+        return (tracer.outs, self.output_share(tracer), tracer.tokens,
+                self.output_token_share(tracer))
 
     def token_grid(self, x, token_share):
         """Check the inputs of :meth:`forward_aligned`; return the (h, w) token grid."""

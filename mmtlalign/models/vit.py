@@ -55,16 +55,64 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
         check_fused_attention(self)
         python_drop_probs(self)  # torch.compile: one graph for all blocks (see dynamo.py)
 
-    def trace_shares(self, x, token_share):
+    def trace_shares(self, x, token_share, dense=False):
         """Run :meth:`forward` with a :class:`ShareTracer`; ``tracer.history`` holds the
-        (B, N_tokens) shares after every block and ``tracer.outs`` the outputs."""
+        (B, N_tokens) shares after every block and ``tracer.outs`` the outputs. With
+        ``dense``, ``tracer.tokens`` the (B, N, C) output tokens of :meth:`forward_tokens`,
+        from the same pass."""
         grid = self.token_grid(x, token_share)
         share = alignment.initial_share(token_share.float(), self.num_extra_tokens)
         tracer = ShareTracer(share, self.residual_weight)
         tracer.grid = grid
         with self._attention_replaced_by(tracer):
-            tracer.outs = self.forward(x)
+            if dense:
+                tracer.outs, tracer.tokens = self.forward_tokens(x)
+            else:
+                tracer.outs = self.forward(x)
         return tracer
+
+    # -- per-token output, for dense token labels (TLAlignClassifier(token_loss=...)) --
+    @property
+    def token_channels(self):
+        """C of the (B, N, C) tokens of :meth:`forward_tokens`."""
+        return self.embed_dims
+
+    def check_token_output(self):
+        """Raise :class:`UserInputError` unless :meth:`forward_tokens` applies."""
+        if self.out_type not in ('cls_token', 'avg_featmap'):
+            raise UserInputError(f'token labels need a classification output (out_type '
+                                 f"'cls_token' or 'avg_featmap'), not {self.out_type!r}.")
+
+    def forward_tokens(self, x):
+        """:meth:`forward` that also returns the patch tokens of the output the head consumes.
+
+        Args:
+            x (Tensor): (B, C_in, H, W) images.
+
+        Returns:
+            tuple: ``outs``, exactly as :meth:`forward` returns them, and (B, N, C) the N
+            patch tokens of the last of ``out_indices`` (after the final norm ``ln1``; for
+            ``out_type='avg_featmap'`` also through ``ln2``, as the pooled token is).
+        """
+        probe = _TokenProbe(self)
+        # the parent's forward runs unchanged; only its output formatting also keeps the
+        # tokens (an instance attribute over the class method, removed again afterwards)
+        self._format_output = probe.format_output
+        try:
+            outs = self.forward(x)
+        finally:
+            del self._format_output
+        return outs, probe.tokens
+
+    def output_token_share(self, tracer):
+        """(B, N) traced partner share of each patch token of the output the head consumes,
+        in the order of :meth:`forward_tokens`."""
+        return tracer.history[max(self.out_indices)][:, self.num_extra_tokens:]
+
+    def origin_token_share(self, token_share, grid=None):
+        """(B, N) the starting partner share of each output token (the MixToken label): for
+        a ViT the input patch shares themselves (``grid``, the patch grid, is not needed)."""
+        return token_share.float()
 
     def output_share(self, tracer):
         """(B,) share of the output the head consumes (the last of ``out_indices``): the class
@@ -90,6 +138,23 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
 
     def _attention_replaced_by(self, tracer):
         return attention_replaced(self.layers, tracer.attention)
+
+
+class _TokenProbe:
+    """Stand-in for :meth:`VisionTransformer._format_output` that keeps the output's patch
+    tokens (the last call's: the last of ``out_indices``)."""
+
+    def __init__(self, vit):
+        self.vit = vit
+        self.tokens = None  # (B, N, C)
+
+    def format_output(self, x, hw):
+        vit = self.vit
+        tokens = x[:, vit.num_extra_tokens:]
+        if vit.out_type == 'avg_featmap':
+            tokens = vit.ln2(tokens)  # the norm the pooled token goes through
+        self.tokens = tokens
+        return VisionTransformer._format_output(vit, x, hw)
 
 
 @contextmanager

@@ -15,6 +15,10 @@ Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
   area   TLAlignClassifier with area labels: our mixer, no tracing (not run unless named)
   a-comp, b-comp  a and b with compile=True as CompileRunner applies it (torch.compile of
          backbone, head and label rule; optimizer step eager; not run unless named)
+  tok    TL-Align + dense token labels (token_loss: every output token classified by the
+         shared head against its traced share, weight 0.5); ViT and Swin
+  tok-sep  the same with a separate linear token head (not run unless named)
+  tok-org  TL-Align + token labels from each token's starting share (not run unless named)
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
 interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
@@ -27,6 +31,7 @@ repeatable on CPU), plus on a GPU the step's CUDA peak above what was allocated 
     python tools/analysis/benchmark_alignment.py --model swin-t --batch 16
     python tools/analysis/benchmark_alignment.py --model deit-s --device cuda --amp --batch 128
     python tools/analysis/benchmark_alignment.py --model deit-s --variants a,b,b-sep
+    python tools/analysis/benchmark_alignment.py --model swin-t --batch 8 --variants a,b,tok
 """
 import argparse
 import statistics
@@ -119,6 +124,17 @@ def build_with_labels(align):
     return build
 
 
+def build_with_token_loss(**token_loss):
+    """Builder of TL-Align's classifier with dense token labels (its ``model.token_loss``)."""
+
+    def build(model_name, num_classes):
+        from mmpretrain.registry import MODELS as REG
+        return REG.build(dict(classifier_cfg(model_name, num_classes, aligned=True),
+                              token_loss=token_loss))
+
+    return build
+
+
 def compiled(build):
     """Builder of the same model with ``compile=True`` as ``CompileRunner`` applies it
     (backbone, neck, head and the label rule's forward compiled; optimizer step eager)."""
@@ -179,6 +195,12 @@ VARIANTS = {
     # compile=True (torch.compile, inductor): the first steps compile, the timed ones do not
     'a-comp': Variant('upstream + CutMix, compiled', compiled(build_upstream), default=False),
     'b-comp': Variant('TL-Align, compiled', compiled(build_aligned), default=False),
+    # dense token labels (TLAlignClassifier(token_loss=...)), from the same traced pass
+    'tok': Variant('TL-Align + token labels', build_with_token_loss(weight=0.5)),
+    'tok-sep': Variant('TL-Align + token labels, own head',
+                       build_with_token_loss(weight=0.5, head='separate'), default=False),
+    'tok-org': Variant('TL-Align + origin token labels',
+                       build_with_token_loss(weight=0.5, labels='origin'), default=False),
 }
 
 
@@ -300,8 +322,9 @@ def main(argv=None):
     arms = {}
     for name in names:
         model = VARIANTS[name].build(args.model, args.num_classes).to(device)
-        if arms:
-            model.load_state_dict(arms['a'].model.state_dict())  # same weights everywhere
+        if arms:  # same weights everywhere (a separate token head is the only extra)
+            model.load_state_dict(arms['a'].model.state_dict(),
+                                  strict=not hasattr(model, 'token_head'))
         model.train()
         arms[name] = Arm(name, model, device, amp_dtype)
     data = make_batch(args.batch, args.num_classes, device)

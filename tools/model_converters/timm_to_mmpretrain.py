@@ -35,7 +35,7 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from mmtlalign import converters
+    from mmtlalign.checkpoint import convert as converters
     if not osp.isfile(args.src):
         sys.exit(f'error: checkpoint {args.src!r} does not exist.')
     try:

@@ -24,26 +24,40 @@ class LabelRule:
     attention cannot make uniform shares non-uniform, so the area share is exact for all.
     """
 
+    #: whether ``mixed_share(..., dense=True)`` gives each output token's traced share
+    #: (``labels='traced'`` of the classifier's token loss needs it)
+    traces_tokens = False
+
     def check_backbone(self, backbone):
         """Raise :class:`UserInputError` (at build time) if the rule cannot run on it."""
 
-    def mixed_share(self, backbone, mixed):
+    def mixed_share(self, backbone, mixed, dense=False):
         """Run ``backbone`` once on ``mixed.inputs`` (a batch with a non-uniform share map).
 
         Args:
             backbone (nn.Module): the classifier's backbone.
             mixed (MixedBatch): the mixed batch.
+            dense (bool): run the backbone's ``forward_tokens`` (or its dense
+                ``forward_aligned``) instead of ``forward``, for dense token labels.
 
         Returns:
             tuple: the backbone's ``outs``, exactly as its ``forward`` returns them, and the
-            (B,) partner share of the output, without gradient.
+            (B,) partner share of the output, without gradient. With ``dense`` also the
+            (B, N, C) output tokens and their (B, N) traced partner shares, or None for a
+            rule that does not trace tokens (:attr:`traces_tokens`).
         """
         raise NotImplementedError
 
-    def __call__(self, backbone, mixed):
-        """(outs, (B,) partner share) for a mixed batch; see :meth:`mixed_share`."""
+    def __call__(self, backbone, mixed, dense=False):
+        """(outs, (B,) partner share) for a mixed batch, with ``dense`` also (tokens, token
+        shares or None); see :meth:`mixed_share`."""
         if mixed.uniform:
+            if dense:  # uniform shares stay uniform: every token's is the area share
+                outs, tokens = backbone.forward_tokens(mixed.inputs)
+                return outs, mixed.area_share, tokens, None
             return backbone(mixed.inputs), mixed.area_share
+        if dense:
+            return self.mixed_share(backbone, mixed, dense=True)
         return self.mixed_share(backbone, mixed)
 
     def __repr__(self):

@@ -19,5 +19,9 @@ class TLAlignLabel(LabelRule):
                 'AlignedSwinTransformer (same arguments and checkpoints as the mmpretrain '
                 'ones), or set align=False for the plain-CutMix baseline.')
 
-    def mixed_share(self, backbone, mixed):
+    traces_tokens = True
+
+    def mixed_share(self, backbone, mixed, dense=False):
+        if dense:  # the same pass also gives the output tokens and their traced shares
+            return backbone.forward_aligned(mixed.inputs, mixed.token_share, dense=True)
         return backbone.forward_aligned(mixed.inputs, mixed.token_share)

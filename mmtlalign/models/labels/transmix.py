@@ -74,7 +74,7 @@ class TransMixLabel(LabelRule):
                 'align=False (area labels).')
         check_fused_attention(backbone)
 
-    def mixed_share(self, backbone, mixed):
+    def mixed_share(self, backbone, mixed, dense=False):
         token_share = mixed.token_share.float()
         extra = backbone.num_extra_tokens
         # (B, N, 2): partner share m and patch indicator, both 0 on the class (extra) tokens
@@ -84,12 +84,18 @@ class TransMixLabel(LabelRule):
         probe = ClsAttentionProbe(values)
         last = backbone.layers[max(backbone.out_indices)]  # the block the head reads after
         with attention_replaced([last], probe.attention):
-            outs = backbone(mixed.inputs)
+            if dense:
+                outs, tokens = backbone.forward_tokens(mixed.inputs)
+            else:
+                outs = backbone(mixed.inputs)
         to_partner, to_patches = probe.cls_attended.unbind(dim=-1)
         area = mixed.area_share.to(to_partner.dtype)
         # a class token attending only to itself says nothing about the patches: area share
         lam_attn = torch.where(to_patches > 0, to_partner / to_patches.clamp_min(1e-30), area)
-        return outs, torch.lerp(area, lam_attn, self.attn_weight)
+        share = torch.lerp(area, lam_attn, self.attn_weight)
+        if dense:  # TransMix labels the class token only: no traced token shares
+            return outs, share, tokens, None
+        return outs, share
 
     def __repr__(self):
         return f'TransMixLabel(attn_weight={self.attn_weight})'

@@ -1,0 +1,63 @@
+"""``_base_ = 'mmtlalign::tlalign/deit-s_8xb128.py'``: our configs as bases of a user's own.
+
+mmengine resolves ``'<scope>::<path>'`` bases only for the packages of a fixed table
+(``mmengine.config.utils.MODULE2PACKAGE``: mmpretrain, mmdet, mmseg, ...) and finds their files
+through ``pkg_resources`` metadata, which an editable install does not lay out the way it
+expects. Importing mmtlalign (a config's ``custom_imports``, or any of our tools, which import it
+before they read a config) teaches :meth:`mmengine.config.Config._get_cfg_path` one more prefix:
+
+* ``mmtlalign::<path under configs/>``, e.g. ``'mmtlalign::tlalign/deit-s_8xb128.py'``, or a
+  config's bare name when it is unique, e.g. ``'mmtlalign::deit-s_8xb128.py'``;
+* the file is found where :func:`mmtlalign.cli.paths.project_root` finds ``configs/`` (the
+  checkout of an editable install, or ``mmtlalign/.mim`` of a wheel);
+* the base is inherited exactly as a path would be (no ``_scope_`` is added: our configs set
+  ``default_scope`` themselves and their inherited parts carry the upstream scopes).
+
+Every other base goes to mmengine unchanged. A process that reads the config without importing
+mmtlalign first (e.g. mmpretrain's own ``tools/train.py``) does not know the prefix: there, use the
+config's path.
+"""
+import glob
+import os.path as osp
+from typing import Optional, Tuple
+
+PREFIX = 'mmtlalign::'
+
+
+def resolve(name: str) -> str:
+    """The file of ``mmtlalign::<name>``; FileNotFoundError (one line) when there is none."""
+    from .cli.paths import project_root
+    root = osp.join(project_root(), 'configs')
+    path = osp.join(root, name)
+    if osp.isfile(path):
+        return path
+    if '/' not in name:  # a bare config name, as mim takes them
+        base = name if name.endswith('.py') else name + '.py'
+        matches = sorted(glob.glob(osp.join(root, '**', base), recursive=True))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise FileNotFoundError(
+                f"'{PREFIX}{name}' is ambiguous: "
+                + ', '.join(repr(PREFIX + osp.relpath(m, root)) for m in matches))
+    raise FileNotFoundError(
+        f"'{PREFIX}{name}': there is no {name} under {root} (give the path under configs/, "
+        f"e.g. '{PREFIX}tlalign/deit-s_8xb128.py')")
+
+
+def install() -> None:
+    """Teach mmengine's ``Config`` the ``mmtlalign::`` prefix (idempotent)."""
+    from mmengine.config import Config
+    original = Config.__dict__['_get_cfg_path']
+    func = getattr(original, '__func__', original)
+    if getattr(func, 'mmtlalign_scope', False):
+        return
+
+    def _get_cfg_path(cfg_path: str, filename: str) -> Tuple[str, Optional[str]]:
+        if isinstance(cfg_path, str) and cfg_path.startswith(PREFIX):
+            return resolve(cfg_path[len(PREFIX):]), None
+        return func(cfg_path, filename)
+
+    _get_cfg_path.mmtlalign_scope = True
+    _get_cfg_path.__doc__ = func.__doc__
+    Config._get_cfg_path = staticmethod(_get_cfg_path)

@@ -1,0 +1,118 @@
+"""What several test modules share: the repository root, running a tool as a subprocess, a
+free local port, a ViT pair with the same weights, checks of written files. Data written to
+disk in the real layouts is in :mod:`datagen`; tests import from these two modules only, never
+from each other."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PY = sys.executable
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (as a string, for env vars)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
+
+
+def run_tool(args, cwd=ROOT, env=None, timeout=900):
+    """Run ``args`` from the repository root with the package importable and one thread."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    full_env.update(env or {})
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok(result):
+    """The output of a finished tool run; fails with its output tail unless it exited 0."""
+    assert result.returncode == 0, (result.stdout[-3000:] + '\n' + result.stderr[-5000:])
+    return result.stdout + result.stderr
+
+
+def make_vit_pair(arch, out_type, img_size=224, patch_size=16, seed=0):
+    """The mmpretrain parent and the aligned subclass with the same weights.
+
+    The weights are the architecture's own initialisation, with the q/k projections
+    sharpened so that attention is far from uniform (otherwise any rule that keeps shares
+    near the area share would pass).
+    """
+    from mmpretrain.models import VisionTransformer
+
+    from mmtlalign.models import AlignedVisionTransformer
+    torch.manual_seed(seed)
+    kwargs = dict(arch=arch, img_size=img_size, patch_size=patch_size, out_type=out_type)
+    parent = VisionTransformer(**kwargs)
+    parent.init_weights()
+    with torch.no_grad():
+        for layer in parent.layers:
+            c = layer.attn.embed_dims
+            layer.attn.qkv.weight[:2 * c] *= 6.0
+    aligned = AlignedVisionTransformer(**kwargs)
+    aligned.load_state_dict(parent.state_dict())
+    parent.eval()  # mmpretrain's BaseBackbone.train() returns None, so no chaining
+    aligned.eval()
+    return parent, aligned
+
+
+def vit_grid_share(B, grid, seed):
+    """(B, h*w) grid-aligned partner shares: one box, images in a seeded order."""
+    g = torch.Generator().manual_seed(seed)
+    box = torch.zeros(B, *grid)
+    box[:, 2:9, 3:11] = 1
+    return box.flatten(1)[torch.randperm(B, generator=g)]
+
+
+def saved_bytes(fn):
+    """Bytes of the unique storages autograd saves while ``fn()`` runs."""
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def assert_png(path, min_size=(300, 200)):
+    """``path`` is a PNG of at least ``min_size`` with real content (not blank)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
+        arr = np.asarray(im.convert('RGB'))
+    assert arr.std() > 10, f'{path} looks blank'
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 30, f'{path} has almost no content'
+
+
+def write_config(path, text, **kw):
+    """Write ``text.format(**kw)`` to the ``pathlib.Path`` ``path``; returns it as a str."""
+    path.write_text(text.format(**kw))
+    return str(path)
+
+
+def load_tool(relpath):
+    """Import ``ROOT/relpath`` (a tool script) as a module."""
+    import importlib.util
+    name = 'tool_' + osp.basename(relpath)[:-3]
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(relpath, argv):
+    """Run a tool's main() in this process; (exit message or None)."""
+    try:
+        load_tool(relpath).main(argv)
+    except SystemExit as e:
+        return str(e.code)
+    return None
