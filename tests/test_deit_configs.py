@@ -11,7 +11,6 @@ import json
 import math
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 

@@ -11,7 +11,6 @@ import os
 import os.path as osp
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 import datagen
+from helpers import free_port
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
@@ -105,7 +105,6 @@ import signal
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from helpers import free_port
 
 
 def _digest(t):

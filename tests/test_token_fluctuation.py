@@ -4,7 +4,6 @@ The validation data are real-format Fashion-MNIST idx files written to disk; the
 from the demo config (real registries), saved as an mmengine-style checkpoint and loaded back
 by the tool.
 """
-import importlib.util
 import json
 import os.path as osp
 
@@ -13,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_png
+import datagen
+from helpers import assert_png, load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'tlalign', 'demo', 'fmnist_vit_tlalign.py')
@@ -30,17 +30,12 @@ model = dict(
 """
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'token_fluctuation_tool', osp.join(ROOT, 'tools', 'analysis', 'token_fluctuation.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def tool():
-    return load_tool()
+    """The analysis logic; the CLI in tools/analysis/ is its thin wrapper (checked below)."""
+    from mmtlalign.analysis import token_fluctuation
+    assert load_tool('tools/analysis/token_fluctuation.py').main is token_fluctuation.main
+    return token_fluctuation
 
 
 @pytest.fixture(scope='module')

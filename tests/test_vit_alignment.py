@@ -73,7 +73,7 @@ def test_share_matches_k_dim_reference(arch, out_type, share_kind):
     parent, aligned = make_vit_pair(arch, out_type)
     B, grid = 3, (14, 14)
     x = torch.randn(B, 3, 224, 224)
-    make = grid_share if share_kind == 'grid' else fractional_share
+    make = vit_grid_share if share_kind == 'grid' else fractional_share
     token_share = make(B, grid, seed=1)
     labels = torch.tensor([1, 4, 7])
     partner = torch.tensor([2, 0, 1])

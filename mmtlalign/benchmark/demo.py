@@ -22,6 +22,7 @@ from .report import table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
 from ..cli.paths import tool_path
 from .suite import ROOT, load_suite
+from .stages import evaluation_report
 
 SUITE = osp.join(ROOT, 'configs', 'benchmarks', 'fmnist.py')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -327,7 +328,8 @@ def run_demo(args):
         f'{len(suite.seeds)} seed(s) per arm; {fmt_time(wall)} in all')
     say(demo_table(results, suite, cells, analyses))
     for c in results['comparisons']:
-        if results['arms'][c['arm']]['baseline'] != c['baseline']:
+        if (results['arms'][c['arm']]['baseline'] != c['baseline'] and
+                c['metric'] == results['metrics'][0]['name']):
             say(f'{c["label"]}: {c["mean"]:+.2f}' + (
                 f' [{c["ci"][0]:+.2f}, {c["ci"][1]:+.2f}]' if c['ci'] else ''))
     say('per seed: test top-1 at the end of training; Δ: paired over seeds (same initial '
@@ -335,6 +337,8 @@ def run_demo(args):
     say('token fluct.: mean |rule share - area share| of the training targets (last epoch), '
         'and TL-Align traced through each trained model on mixed test images.')
     say('\n' + results['verdict'])
+    for line in evaluation_report(results):  # robustness and calibration stages
+        say(line)
     say(f'\nplots:   {curves}, {results["files"]["png"]}')
     for arm in suite.arms:
         if analyses.get(arm.name):

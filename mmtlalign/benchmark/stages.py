@@ -143,7 +143,9 @@ def command(train_cell, stages, python, spec_path):
     argv = [python, tool_path('analysis', 'evaluate.py'), train_cell.config,
             finished_checkpoint(train_cell.work_dir) or
             osp.join(train_cell.work_dir, 'epoch_N.pth'),
-            '--spec', spec_path, '--work-dir', eval_dir(train_cell)]
+            '--spec', spec_path, '--work-dir', eval_dir(train_cell),
+            '--cache-dir', osp.join(osp.dirname(osp.dirname(train_cell.work_dir)),
+                                    'evaluation_cache')]
     if train_cell.options:
         argv += ['--cfg-options', *option_args(train_cell.options)]
     return argv
@@ -344,7 +346,8 @@ def compact_lines(results):
                         None)
             if comp and comp['mean'] is not None:
                 ci = (f' [{comp["ci"][0]:+.2f}, {comp["ci"][1]:+.2f}]' if comp['ci'] else '')
-                text += f' (Δ {comp["mean"]:+.2f}{ci})'
+                beyond = ', beyond the noise' if comp['excludes_zero'] else ''
+                text += f' (Δ {comp["mean"]:+.2f}{ci}{beyond})'
             parts.append(text)
         better = 'lower is better' if metric['name'] in LOWER_IS_BETTER else 'higher is better'
         lines.append((f'{metric["name"]} ({better})', ' | '.join(parts)))
@@ -438,3 +441,36 @@ def evaluate_cells(suite, cells, launcher, echo=print, jobs=1, env=None, failed=
     if failed is not None:
         failed += bad
     return cells + evals, skipped
+
+
+#: what each evaluation metric shows, in plain words (the main job prints these)
+EXPLAIN = {
+    'occlusion AUC': 'mean top-1 with 10-90% of the patch tokens blanked (grey): how much '
+                     'the model still sees when parts of the object are hidden',
+    'shuffle 2x2 top-1': 'top-1 with the image cut into 2x2 blocks in random order: '
+                         'reliance on global layout vs local texture',
+    'shuffle 4x4 top-1': 'the same with 4x4 blocks (each block one 7-px token here)',
+    'corruption error': 'top-1 error under 15 ImageNet-C corruptions (noise, blur, weather, '
+                        'digital) x 5 severities, averaged: robustness to image damage',
+    'ECE': 'expected calibration error, 15 bins: the gap between how sure the model is and '
+           'how often it is right (0 = its confidence can be trusted)',
+    'NLL': 'negative log-likelihood of the true class: penalises confident mistakes',
+}
+
+
+def evaluation_report(results):
+    """The main job's lines after its table: one per evaluation metric, what each shows,
+    and the added time per cell."""
+    lines = compact_lines(results)
+    if not lines:
+        return []
+    out = ['', 'Beyond clean top-1 (per arm: mean ± std over seeds; Δ vs its baseline, paired '
+           'over seeds, [95% CI]):'] + ['  ' + line for line in lines]
+    shown = [m['name'] for m in results['metrics'] if m['name'] in EXPLAIN and
+             m['stage'] in (results.get('evaluation') or {}).get('stages', {})]
+    out += [f'  {name}: {EXPLAIN[name]}.' for name in shown]
+    walls = [w for ws in (results['evaluation'].get('wall_s') or {}).values() for w in ws]
+    if walls:
+        out.append(f'  evaluation time per cell: {np.mean(walls):.0f} s on average (one '
+                   f'process per cell; corrupted images are computed once and shared).')
+    return out

@@ -151,6 +151,14 @@ def _model_hint(report, sd, meta, model):
             + ': use the config that trained it (check `arch`, `num_classes`).')
 
 
+def unwrap_model(model):
+    """The model a checkpoint holds: DDP wrappers and test-time-augmentation models removed."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
 def check_checkpoint_fits(model, path, role='checkpoint'):
     """Load ``path`` into ``model`` as mmengine will; raise unless every key fits.
 
@@ -164,11 +172,8 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
         CheckpointFitError: missing / unexpected / shape-mismatched keys.
         CheckpointLoadError: the file cannot be loaded safely.
     """
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-
     from .loader import load_checkpoint_file
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
+    model = unwrap_model(model)
     ckpt = load_checkpoint_file(path, map_location='cpu')
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:

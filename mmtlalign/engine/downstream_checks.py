@@ -18,7 +18,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..checkpoint.fit import backbone_load_report, check_pretrained_backbone  # noqa: F401
+from ..checkpoint.fit import (backbone_load_report, check_pretrained_backbone,  # noqa: F401
+                             unwrap_model)
 from ..errors import DownstreamCheckError
 
 # ----------------------------------------------------------------------------- mmcv ops
@@ -67,13 +68,6 @@ def check_mmcv_cuda_ops(on_gpu=None):
 
 
 # ----------------------------------------------------------------------------- hook
-def _unwrap(model):
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    return model
-
-
 @HOOKS.register_module()
 class DownstreamChecksHook(Hook):
     """Before the Runner initialises weights: check mmcv's CUDA ops and the backbone's
@@ -92,7 +86,7 @@ class DownstreamChecksHook(Hook):
 
     def before_run(self, runner):
         from mmengine.runner import BaseLoop
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if self.check_ops:
             param = next(model.parameters(), None)
             check_mmcv_cuda_ops(on_gpu=param is not None and param.is_cuda)

@@ -28,8 +28,13 @@ def checkpoint_stamp(path):
 
 
 def stage_settings(stage, config, checkpoint, options):
+    """What makes two evaluations the same: the stage, the config, its options (as the
+    command line spells them, so the benchmark and this tool compare equal) and the
+    checkpoint file."""
+    from ..benchmark.launch import format_value
+    options = {k: format_value(v) for k, v in (options or {}).items()}
     return json.loads(json.dumps(dict(spec=stage.spec(), config=osp.abspath(config),
-                                      options=options or {},
+                                      options=options,
                                       checkpoint=checkpoint_stamp(checkpoint)), default=str))
 
 
@@ -76,7 +81,7 @@ def load_specs(args):
 
 
 def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=None,
-             device=None, force=False, echo=print):
+             device=None, force=False, echo=print, cache_dir=None):
     """Run every stage of ``specs`` on the checkpoint; returns ``{stage name: result}``."""
     from mmengine.registry import init_default_scope
 
@@ -109,7 +114,8 @@ def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=N
             write_result(work_dir, stage.name, results[stage.name])
             continue
         if ev is None:
-            ev = Evaluator(cfg, checkpoint, batch_size=batch_size, device=device)
+            ev = Evaluator(cfg, checkpoint, batch_size=batch_size, device=device,
+                           cache_dir=cache_dir)
         echo(f'{stage.name}: running ...')
         out = run_stage(stage, ev)
         out.update(status='done', settings=settings,
@@ -140,6 +146,8 @@ def parse_args(argv=None):
                    "config's test batch size)")
     p.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     p.add_argument('--force', action='store_true', help='run finished stages again')
+    p.add_argument('--cache-dir', help='keep computed corruptions here, for other checkpoints '
+                   'evaluated on the same images (the benchmark passes WORK/evaluation_cache)')
     return p.parse_args(argv)
 
 
@@ -151,7 +159,7 @@ def main(argv=None):
                                              'evaluation')
         results = evaluate(args.config, args.checkpoint, specs, work_dir, args.cfg_options,
                            args.batch_size, args.device, args.force,
-                           echo=lambda m: print(m, flush=True))
+                           echo=lambda m: print(m, flush=True), cache_dir=args.cache_dir)
     except UserInputError as e:
         sys.exit(f'error: {e}')
     print(f'results: {work_dir}/<stage>.json')

@@ -63,13 +63,15 @@ class Evaluator:
         checkpoint (str): the weights.
         batch_size (int, optional): evaluation batch size (default: the config's test batch).
         device (str, optional): default ``cuda`` when available, else ``cpu``.
+        cache_dir (str, optional): where computed corruptions are kept for other cells.
     """
 
     #: raw batches of a loader are kept in memory below this size (the small sets of a CPU run)
     CACHE_BYTES = 512 * 2 ** 20
 
-    def __init__(self, cfg, checkpoint, batch_size=None, device=None):
+    def __init__(self, cfg, checkpoint, batch_size=None, device=None, cache_dir=None):
         self.cfg = cfg
+        self.cache_dir = cache_dir  # perturbed images shared by the cells of a suite
         self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         self.model = build_classifier(cfg, checkpoint, self.device)
         self.batch_size = batch_size

@@ -159,3 +159,35 @@ def corrupt(images, name, severity, sample_idx, seed=0):
             y = y[..., 2::-1]
         out[i] = torch.from_numpy(np.clip(np.rint(y), 0, 255).astype(np.uint8)).permute(2, 0, 1)
     return out
+
+
+def corrupt_cached(images, name, severity, sample_idx, seed=0, cache_dir=None):
+    """:func:`corrupt`, with the result kept in ``cache_dir`` (keyed by the images' bytes,
+    their indices, the corruption, severity, seed and library version): every arm and seed of
+    a suite sees the same corrupted images, so they are computed once. Without ``cache_dir``
+    it is :func:`corrupt`."""
+    if not cache_dir:
+        return corrupt(images, name, severity, sample_idx, seed)
+    import hashlib
+    import os
+    import os.path as osp
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        lib_version = version('imagecorruptions-imaug')
+    except PackageNotFoundError:
+        lib_version = getattr(_library(), '__version__', '?')
+    h = hashlib.sha1(images.contiguous().numpy().tobytes())
+    h.update(repr((list(map(int, sample_idx)), name, int(severity), int(seed), MIN_SIDE,
+                   lib_version, tuple(images.shape))).encode())
+    path = osp.join(cache_dir, f'{name}-{int(severity)}-{h.hexdigest()}.npy')
+    if osp.isfile(path):
+        try:
+            return torch.from_numpy(np.load(path))
+        except (OSError, ValueError):  # a file cut short by a kill: compute it again
+            pass
+    out = corrupt(images, name, severity, sample_idx, seed)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp.npy'
+    np.save(tmp, out.numpy())
+    os.replace(tmp, path)
+    return out

@@ -75,8 +75,8 @@ class Stage:
                                  f'unknown parameter(s) {", ".join(sorted(unknown))}; allowed: '
                                  f'{", ".join(sorted(self.PARAMS)) or "none"}, seed.')
         self.name = name or self.KIND
+        self.seed = int(params.pop('seed', 0))
         self.params = {**self.PARAMS, **params}
-        self.seed = int(params.get('seed', 0))
 
     def spec(self):
         """The stage as a JSON-able dict (what makes two evaluations the same)."""
@@ -182,8 +182,9 @@ class Corruption(Stage):
         for name in self.params['corruptions']:
             acc[name] = {}
             for s in self.params['severities']:
-                out = ev.predict(lambda images, idx, name=name, s=s: P.corrupt(
-                    images, name, int(s), idx, self.seed), num_images=self.params['num_images'])
+                out = ev.predict(lambda images, idx, name=name, s=s: P.corrupt_cached(
+                    images, name, int(s), idx, self.seed, ev.cache_dir),
+                    num_images=self.params['num_images'])
                 acc[name][int(s)] = top1(out['logits'], out['labels'])
                 n_img = len(out['labels'])
         summary = corruption_summary(acc, alexnet=False)

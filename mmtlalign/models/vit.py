@@ -52,6 +52,7 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
     def __init__(self, *args, residual_weight=0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.residual_weight = self.check_residual_weight(residual_weight)
+        self._token_probe = None  # set only inside forward_tokens
         check_fused_attention(self)
         python_drop_probs(self)  # torch.compile: one graph for all blocks (see dynamo.py)
 
@@ -95,14 +96,20 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
             ``out_type='avg_featmap'`` also through ``ln2``, as the pooled token is).
         """
         probe = _TokenProbe(self)
-        # the parent's forward runs unchanged; only its output formatting also keeps the
-        # tokens (an instance attribute over the class method, removed again afterwards)
-        self._format_output = probe.format_output
+        # the parent's forward runs unchanged; the output formatting also hands the tokens to
+        # the probe while it is set (set and reset, not deleted: torch.compile traces this)
+        self._token_probe = probe
         try:
             outs = self.forward(x)
         finally:
-            del self._format_output
+            self._token_probe = None
         return outs, probe.tokens
+
+    def _format_output(self, x, hw):
+        """The parent's, plus: hand ``x`` to the token probe of :meth:`forward_tokens`."""
+        if self._token_probe is not None:
+            self._token_probe.keep(x)
+        return super()._format_output(x, hw)
 
     def output_token_share(self, tracer):
         """(B, N) traced partner share of each patch token of the output the head consumes,
@@ -141,20 +148,20 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
 
 
 class _TokenProbe:
-    """Stand-in for :meth:`VisionTransformer._format_output` that keeps the output's patch
-    tokens (the last call's: the last of ``out_indices``)."""
+    """Keeps the patch tokens of the output that ``_format_output`` formats (the last call's:
+    the last of ``out_indices``)."""
 
     def __init__(self, vit):
         self.vit = vit
         self.tokens = None  # (B, N, C)
 
-    def format_output(self, x, hw):
+    def keep(self, x):
+        """x: (B, N_tokens, C) the block output, after the final norm if it is the last."""
         vit = self.vit
         tokens = x[:, vit.num_extra_tokens:]
         if vit.out_type == 'avg_featmap':
             tokens = vit.ln2(tokens)  # the norm the pooled token goes through
         self.tokens = tokens
-        return VisionTransformer._format_output(vit, x, hw)
 
 
 @contextmanager
