@@ -116,3 +116,21 @@ def run_main(relpath, argv):
     except SystemExit as e:
         return str(e.code)
     return None
+
+
+def trained_tiny_deit(root):
+    """Train the tiny DeiT of :func:`datagen.tiny_deit_config` for one epoch on a tiny ImageNet
+    folder under ``root`` (in this process, through tools/train.py); a namespace with ``root``,
+    ``data``, ``config``, ``options`` (the --cfg-options used) and ``genuine`` (its checkpoint)."""
+    import types
+
+    import datagen
+    data = datagen.make_imagenet(str(root / 'data'), per_class=2)
+    config = root / 'deit_tiny.py'
+    config.write_text(datagen.tiny_deit_config('mmpretrain::deit/deit-tiny_4xb256_in1k.py'))
+    work_dir = str(root / 'work')
+    options = datagen.tiny_cls_options(data)
+    assert run_main('tools/train.py', [str(config), '--work-dir', work_dir,
+                                       '--cfg-options', *options]) is None
+    return types.SimpleNamespace(root=root, data=data, config=str(config), options=options,
+                                 genuine=osp.join(work_dir, 'epoch_1.pth'))

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import datagen
 from mmtlalign.benchmark import load_suite, paired_difference, stats
 from mmtlalign.errors import UserInputError
 

@@ -20,6 +20,7 @@ import torch
 from mmengine.config import Config
 
 import datagen
+from helpers import free_port
 import mmtlalign  # noqa: F401
 from mmtlalign.models.mixing import MixedBatch, TLAlignMix, flip_partners
 
@@ -330,7 +331,6 @@ import os.path as osp
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from helpers import free_port
 
 
 @HOOKS.register_module()

@@ -9,14 +9,12 @@ import gzip
 import json
 import os
 import os.path as osp
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from mmengine.config import Config
-from PIL import Image
 
 import datagen
 from mmtlalign.datasets import fashion_mnist as fm

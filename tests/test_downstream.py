@@ -14,10 +14,8 @@ import copy
 import glob
 import importlib.util
 import json
-import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest

@@ -6,7 +6,6 @@ ImageNet-layout folder written to disk.
 import glob
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest

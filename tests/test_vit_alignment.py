@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
-from mmpretrain.models import VisionTransformer
 from mmpretrain.structures import DataSample
 
 import mmtlalign  # noqa: F401
