@@ -58,8 +58,8 @@ EXTRAS_REQUIRE = {
     'tests': ['pytest>=7', 'timm>=0.9', 'openmim>=0.3.9', 'tensorboard>=2.10'],
 }
 
-#: what `mim` looks for in <package>/.mim
-MIM_FILES = ['configs', 'tools']
+#: what `mim` looks for in <package>/.mim (model-index.yml: `mim search`, the metafile lookup)
+MIM_FILES = ['configs', 'tools', 'model-index.yml']
 
 
 def read_version():
@@ -96,6 +96,8 @@ def add_mim_extension():
             shutil.rmtree(dst)
         if mode == 'symlink':
             os.symlink(osp.relpath(src, mim_path), dst)
+        elif osp.isfile(src):
+            shutil.copyfile(src, dst)
         else:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
 

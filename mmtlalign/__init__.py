@@ -17,11 +17,11 @@ import warnings
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                         category=UserWarning)
 
-from .version import __version__  # noqa: E402
-from .checkpoint.loader import use_safe_local_loader  # noqa: E402
 from . import datasets, engine, models  # noqa: E402,F401  (register components)
+from .checkpoint.loader import use_safe_local_loader  # noqa: E402
 from .config_scope import install as _install_config_scope  # noqa: E402
 from .registry import register_backbones_downstream  # noqa: E402
+from .version import __version__  # noqa: E402
 
 use_safe_local_loader()
 register_backbones_downstream()

@@ -21,7 +21,7 @@ def _version(module: str) -> str:
 
 def _mmcv_ops() -> str:
     try:
-        from mmcv.ops import get_compiling_cuda_version, get_compiler_version
+        from mmcv.ops import get_compiler_version, get_compiling_cuda_version
     except Exception as e:
         return f'missing ({type(e).__name__}: {e}; see README "Installation")'.splitlines()[0]
     cuda = get_compiling_cuda_version()

@@ -192,6 +192,18 @@ def test_scope_base_equals_the_path_and_takes_bare_names(tmp_path):
     assert Config.fromfile(str(cfg)).model.backbone.type == 'VisionTransformer'
 
 
+def test_tools_take_a_config_by_scope():
+    """``tools/train.py mmtlalign::deit-s_8xb128.py``: the CONFIG argument by scope too."""
+    from mmtlalign.cli import launch
+    by_name = launch.load_config('mmtlalign::deit-s_8xb128.py')
+    assert by_name.filename == osp.join(ROOT, 'configs/tlalign/deit-s_8xb128.py')
+    assert launch.default_work_dir(by_name, 'mmtlalign::deit-s_8xb128.py') == (
+        './work_dirs/deit-s_8xb128')
+    with pytest.raises(launch.UserInputError, match=r"^config 'mmtlalign::nothing.py': there is "
+                                                    r'no nothing.py under'):
+        launch.load_config('mmtlalign::nothing.py')
+
+
 def test_scope_base_that_does_not_exist_is_one_line(tmp_path):
     from mmtlalign.cli import launch
     cfg = tmp_path / 'mine.py'
@@ -281,6 +293,9 @@ def test_tta_and_show_follow_the_task():
 
     det = Config.fromfile(COCO_CONFIG)
     test_options.apply_show(det, show_dir='shown')
+    with pytest.raises(test_options.UserInputError, match='merges boxes only'):
+        test_options.apply_tta(det)  # Mask R-CNN: mmdet's TTA has no masks
+    det.model.roi_head.mask_head = None
     test_options.apply_tta(det)
     assert det.default_hooks.visualization.draw and (
         det.default_hooks.visualization.test_out_dir == 'shown')
@@ -479,9 +494,61 @@ def test_detection_show_dir_and_tta(coco, tmp_path):
     images = json.load(open(osp.join(coco, 'annotations/instances_val2017.json')))['images']
     assert sorted(map(osp.basename, drawn)) == sorted(i['file_name'] for i in images)
     with Image.open(drawn[0]) as img:
-        assert img.size == (128, 96)  # drawn on the original image
-    result = run_tool([PY, TEST_TOOL, str(config), ckpt, '--work-dir', str(tmp_path / 'tta'),
-                       '--tta'])
-    out = ok(result)
+        assert img.size == (2 * 128, 96)  # ground truth | prediction, on the original image
+    # mmdet's DetTTAModel merges boxes only: refused for Mask R-CNN, in one line
+    error = _one_line_error(run_tool([PY, TEST_TOOL, str(config), ckpt, '--tta']))
+    assert "DetTTAModel) merges boxes only, and this model predicts masks" in error
+    boxes = tmp_path / 'det_boxes.py'  # the same detector without its mask head
+    boxes.write_text(f"_base_ = {str(config)!r}\n"
+                     "model = dict(roi_head=dict(mask_head=None, mask_roi_extractor=None))\n"
+                     "test_evaluator = dict(metric='bbox')\n")
+    ckpt = _random_weights(str(boxes), tmp_path / 'det_boxes.pth')
+    out = ok(run_tool([PY, TEST_TOOL, str(boxes), ckpt, '--work-dir', str(tmp_path / 'tta'),
+                       '--tta']))
     assert 'warning: the config has no tta_model; --tta merges the flipped predictions' in out
     assert re.search(r'coco/bbox_mAP: [\d.-]+', out), out[-2000:]
+
+
+# ----------------------------------------------------------------------------- item 2, mmseg
+SEG_TEST_TINY = """
+_base_ = {base!r}
+data_root = {data_root!r}
+model = dict(data_preprocessor=dict(size=(64, 64)))
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root=data_root, pipeline=test_pipeline))
+# mmseg's visualization hook reads runner.iter, which builds the training loop (as upstream)
+train_dataloader = dict(num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root))
+"""
+
+
+@pytest.mark.slow
+def test_segmentation_show_dir_and_tta(tmp_path):
+    """mmseg's meaning: --show-dir DIR is the visualizer's save_dir (DIR/vis_data/vis_image/
+    test_<image>_<iter>.png); --tta runs the config's tta_pipeline (mmseg's ADE20K multi-scale
+    + flip) with SegTTAModel, the same test as the _ms.py config."""
+    ade = datagen.make_ade20k(str(tmp_path / 'ade' / 'ADEChallengeData2016'))
+    config = tmp_path / 'seg.py'
+    config.write_text(SEG_TEST_TINY.format(base=osp.join(
+        ROOT, 'configs/tlalign/ade20k/upernet_tlalign-swin-t_8xb2-160k_ade20k-512x512.py'),
+        data_root=ade))
+    ckpt = _random_weights(str(config), tmp_path / 'seg.pth')
+    shown = tmp_path / 'shown'
+    out = ok(run_tool([PY, TEST_TOOL, str(config), ckpt, '--work-dir', str(tmp_path / 'w'),
+                       '--show-dir', str(shown), '--interval', '1']))
+    assert re.search(r'mIoU: [\d.]+', out), out[-2000:]
+    val = sorted(os.listdir(osp.join(ade, 'images', 'validation')))
+    assert sorted(os.listdir(shown / 'vis_data' / 'vis_image')) == [
+        f'test_{name}_0.png' for name in val]
+    out = ok(run_tool([PY, TEST_TOOL, str(config), ckpt, '--work-dir', str(tmp_path / 'tta'),
+                       '--tta']))
+    assert re.search(r'mIoU: [\d.]+', out), out[-2000:]
+    dumped = glob.glob(str(tmp_path / 'tta' / '*' / 'vis_data' / 'config.py'))
+    text = open(dumped[0]).read()
+    assert "type='SegTTAModel'" in text and 'scale_factor=1.75' in text

@@ -82,7 +82,7 @@ MIM_OPTIONS = [
 
 def copy_source_tree(dst):
     """What an sdist holds, without the checkout's own mmtlalign/.mim symlinks."""
-    for name in ('setup.py', 'MANIFEST.in'):
+    for name in ('setup.py', 'MANIFEST.in', 'model-index.yml'):
         shutil.copy(osp.join(ROOT, name), dst)
     ignore = shutil.ignore_patterns('.mim', '__pycache__', '*.pyc')
     for name in ('mmtlalign', 'configs', 'tools', 'requirements'):
@@ -121,7 +121,8 @@ def test_wheel_carries_configs_and_tools_for_mim(wheel_env):
     _, site = wheel_env
     mim_dir = osp.join(site, 'mmtlalign', '.mim')
     for rel in ('configs/tlalign/deit-s_8xb128.py', 'configs/tlalign/swin-t_16xb64.py',
-                'tools/train.py', 'tools/test.py'):
+                'tools/train.py', 'tools/test.py', 'model-index.yml',
+                'configs/tlalign/metafile.yml'):
         assert osp.isfile(osp.join(mim_dir, rel)), f'{rel} missing from the wheel'
         assert not osp.islink(osp.join(mim_dir, rel.split('/')[0])), 'a wheel holds copies'
 

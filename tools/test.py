@@ -11,10 +11,10 @@ import argparse
 import os.path as osp
 import sys
 
-from mmtlalign.engine.precision import configure_tf32
-from mmtlalign.cli import launch, test_options
 from mmtlalign.checkpoint.fit import check_checkpoint_fits
+from mmtlalign.cli import launch, test_options
 from mmtlalign.cli.work_dir_lock import hold_work_dir
+from mmtlalign.engine.precision import configure_tf32
 
 
 def parse_args(argv=None):

@@ -106,9 +106,9 @@ def check_coco_file(cfg: Config, loader: str, ds: dict, path: str, coco: dict) -
             f'{loader}.dataset sets no metainfo.classes, so {source} apply ({len(classes)} '
             f'names), and {len(absent)} of them are not categories of {path!r} (e.g. '
             f'{_few(absent, 3)}); the file has {len(names)}: {_few(names)}. Set the file\'s '
-            f'classes in the config, e.g. metainfo = dict(classes=({", ".join(map(repr, names[:3]))}'
-            f'{", ..." if len(names) > 3 else ""})) in every dataloader\'s dataset, and '
-            f'num_classes={len(names)} in the model\'s box/mask heads.')
+            'classes in the config, e.g. metainfo = dict(classes=('
+            f'{", ".join(map(repr, names[:3]))}{", ..." if len(names) > 3 else ""})) in every '
+            f"dataloader's dataset, and num_classes={len(names)} in the model's box/mask heads.")
     wanted = {c.get('id') for c in categories if c.get('name') in classes}
     annotations = [a for a in coco.get('annotations') or [] if isinstance(a, dict)]
     used = sum(a.get('category_id') in wanted for a in annotations)

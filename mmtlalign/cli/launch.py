@@ -36,7 +36,17 @@ def parse_args(parser, argv=None):
 
 
 def load_config(path, cfg_options=None):
-    """Read a config file, with a clear error if it does not exist or does not parse."""
+    """Read a config file, with a clear error if it does not exist or does not parse.
+
+    ``path`` may also name one of our configs by scope, ``mmtlalign::tlalign/deit-s_8xb128.py``
+    (or ``mmtlalign::deit-s_8xb128.py``), as ``_base_`` can (:mod:`mmtlalign.config_scope`).
+    """
+    from ..config_scope import PREFIX, resolve
+    if path.startswith(PREFIX):
+        try:
+            path = resolve(path[len(PREFIX):])
+        except FileNotFoundError as e:
+            raise UserInputError(f'config {e}') from None
     if not osp.isfile(path):
         hint = ''
         if not path.endswith('.py'):
@@ -58,7 +68,8 @@ def default_work_dir(cfg, config_path, work_dir=None):
         return work_dir
     if cfg.get('work_dir') is not None:
         return cfg.work_dir
-    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    name = config_path.split('::')[-1]  # mmtlalign::tlalign/x.py -> x
+    return osp.join('./work_dirs', osp.splitext(osp.basename(name))[0])
 
 
 def resolve_resume(cfg, resume):
@@ -85,7 +96,8 @@ def enable_amp(cfg):
                              'train in float32 on the CPU.')
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if optim_wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
-        raise UserInputError(f'--amp only works with OptimWrapper, the config uses {optim_wrapper}.')
+        raise UserInputError(
+            f'--amp only works with OptimWrapper, the config uses {optim_wrapper}.')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 

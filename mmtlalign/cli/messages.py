@@ -1,4 +1,5 @@
-"""One-line messages of the tools besides ``error: ...`` (:class:`mmtlalign.errors.UserInputError`)."""
+"""One-line messages of the tools besides ``error: ...`` (a
+:class:`mmtlalign.errors.UserInputError`)."""
 import os
 import sys
 

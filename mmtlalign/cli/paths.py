@@ -4,18 +4,19 @@ In a checkout (and its editable install) they sit beside the package; in a wheel
 install they are packaged under ``mmtlalign/.mim`` (as OpenMMLab packages do, for ``mim``).
 """
 import os.path as osp
+from typing import Iterator
 
 from ..errors import UserInputError
 
 _PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def _candidates():
+def _candidates() -> Iterator[str]:
     yield osp.dirname(_PACKAGE)          # a checkout: <repo>/mmtlalign
     yield osp.join(_PACKAGE, '.mim')     # an installed package
 
 
-def project_root():
+def project_root() -> str:
     """The folder that holds ``tools/`` and ``configs/``.
 
     Raises:
@@ -31,7 +32,7 @@ def project_root():
         '(`pip install -e .`) or from its sdist/wheel.')
 
 
-def tool_path(*parts):
+def tool_path(*parts: str) -> str:
     """The path of a tool, e.g. ``tool_path('train.py')``; raises when it is not there."""
     path = osp.join(project_root(), 'tools', *parts)
     if not osp.isfile(path):
@@ -40,6 +41,6 @@ def tool_path(*parts):
     return path
 
 
-def config_path(*parts):
+def config_path(*parts: str) -> str:
     """The path of a file under ``configs/``."""
     return osp.join(project_root(), 'configs', *parts)

@@ -80,8 +80,9 @@ def fit_schedule(cfg: Config) -> List[str]:
                  'run ends and does not step' if new >= length else '')
         notes.append(
             f'train_cfg.{key}={_num(length)} does not outlast the {_num(warmup)}-{unit[:-1]} '
-            f'warm-up: the warm-up is shrunk by {_num(warmup - new)} {unit}, from {_num(warmup)} to '
-            f'{_num(new)} ({" ".join(changes)}{after}). Pass these --cfg-options yourself to '
+            f'warm-up: the warm-up is shrunk by {_num(warmup - new)} {unit}, from '
+            f'{_num(warmup)} to {_num(new)} ({" ".join(changes)}{after}). Pass these '
+            '--cfg-options yourself to '
             f'silence this, or train for more than {_num(warmup)} {unit}.')
     return notes
 

@@ -3,16 +3,17 @@ and ``--tta``, with the meaning each task's own ``tools/test.py`` gives them.
 
 The config's ``default_scope`` picks the task, as it picks the registries:
 
-========== =========================================== ==============================================
-scope      ``--show-dir DIR`` (drawn predictions)      ``--tta`` without ``tta_model``/``tta_pipeline``
-========== =========================================== ==============================================
-mmpretrain ``VisualizationHook.out_dir = DIR``: one     flip TTA, scores averaged
-           ``<image>_0.png`` per sample, in ``DIR``     (``AverageClsScoreTTA``)
-mmdet      ``DetVisualizationHook.test_out_dir``:       flip TTA merged by NMS (``DetTTAModel``,
-           ``<work_dir>/<timestamp>/DIR/<image>``       IoU 0.5, 100 per image), with a warning
-mmseg      the visualizer's ``save_dir = DIR``:         needs the config's ``tta_pipeline`` (mmseg's
-           ``DIR/vis_data/vis_image/<image>_0.png``     dataset configs define it); ``SegTTAModel``
-========== =========================================== ==============================================
+* mmpretrain: ``--show-dir DIR`` sets ``VisualizationHook.out_dir``, one ``<image>_0.png`` per
+  sample in ``DIR`` (``--interval N``: every N-th); ``--tta`` without ``tta_model`` /
+  ``tta_pipeline`` flips and averages the scores (``AverageClsScoreTTA``).
+* mmdet: ``--show-dir DIR`` sets ``DetVisualizationHook.test_out_dir``, the images go to
+  ``<work_dir>/<timestamp>/DIR/<image>``; ``--tta`` flips and merges by NMS (``DetTTAModel``,
+  IoU 0.5, 100 per image), with a warning. mmdet's TTA has no masks: refused for Mask R-CNN.
+* mmseg: ``--show-dir DIR`` sets the visualizer's ``save_dir``, the images go to
+  ``DIR/vis_data/vis_image/test_<image>_<iter>.png`` (the hook draws every 50th batch unless
+  ``--interval``; the hook reads ``runner.iter``, which builds the training dataloader, so its
+  data must exist, as upstream); ``--tta`` needs the config's ``tta_pipeline`` (mmseg's dataset
+  configs define one) and wraps the model in ``tta_model`` (``SegTTAModel``).
 
 ``--show`` opens a window per image for ``--wait-time`` seconds (all three); without a display
 it is refused (use ``--show-dir``). Every refusal is a one-line :class:`UserInputError`.
@@ -115,6 +116,13 @@ def apply_tta(cfg: Config) -> None:
         raise UserInputError(
             f'this config already tests with test-time augmentation (model.type='
             f'{model_type}); drop --tta, or pass the single-scale config with --tta.')
+    roi_head = cfg.model.get('roi_head') or {}
+    if scope == 'mmdet' and isinstance(roi_head, dict) and roi_head.get('mask_head'):
+        raise UserInputError(
+            "--tta: mmdet's test-time augmentation (DetTTAModel) merges boxes only, and this "
+            'model predicts masks (model.roi_head.mask_head), which mmdet 3.x does not support '
+            '("TTA of instance segmentation does not support now"): test without --tta, or '
+            'without the mask head (model.roi_head.mask_head=None, test_evaluator.metric=bbox).')
     test_loader = cfg.get('test_dataloader')
     if not test_loader or not isinstance(test_loader.get('dataset'), dict):
         raise UserInputError('--tta needs test_dataloader.dataset in the config.')

@@ -10,8 +10,18 @@ Rules are registered in :data:`mmtlalign.registry.LABEL_RULES` (a child of mmpre
 ``MODELS``) and selected by the classifier's ``align`` argument: ``True`` (TL-Align), ``False``
 (area), a type name such as ``'TransMixLabel'`` or a config dict ``dict(type=..., ...)``.
 """
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
+
+from torch import Tensor, nn
+
 from ...errors import UserInputError
 from ...registry import LABEL_RULES
+
+if TYPE_CHECKING:
+    from ..mixing import MixedBatch
+
+#: what a rule returns: ``(outs, share)``, with ``dense`` ``(outs, share, tokens, token_shares)``
+RuleOutput = Union[Tuple[Any, Tensor], Tuple[Any, Tensor, Tensor, Optional[Tensor]]]
 
 __all__ = ['LABEL_RULES', 'LabelRule', 'build_label_rule']
 
@@ -26,12 +36,13 @@ class LabelRule:
 
     #: whether ``mixed_share(..., dense=True)`` gives each output token's traced share
     #: (``labels='traced'`` of the classifier's token loss needs it)
-    traces_tokens = False
+    traces_tokens: bool = False
 
-    def check_backbone(self, backbone):
+    def check_backbone(self, backbone: nn.Module) -> None:
         """Raise :class:`UserInputError` (at build time) if the rule cannot run on it."""
 
-    def mixed_share(self, backbone, mixed, dense=False):
+    def mixed_share(self, backbone: nn.Module, mixed: 'MixedBatch',
+                    dense: bool = False) -> RuleOutput:
         """Run ``backbone`` once on ``mixed.inputs`` (a batch with a non-uniform share map).
 
         Args:
@@ -48,7 +59,8 @@ class LabelRule:
         """
         raise NotImplementedError
 
-    def __call__(self, backbone, mixed, dense=False):
+    def __call__(self, backbone: nn.Module, mixed: 'MixedBatch',
+                 dense: bool = False) -> RuleOutput:
         """(outs, (B,) partner share) for a mixed batch, with ``dense`` also (tokens, token
         shares or None); see :meth:`mixed_share`."""
         if mixed.uniform:
@@ -60,11 +72,11 @@ class LabelRule:
             return self.mixed_share(backbone, mixed, dense=True)
         return self.mixed_share(backbone, mixed)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'{type(self).__name__}()'
 
 
-def build_label_rule(align):
+def build_label_rule(align: Union[bool, str, dict, LabelRule]) -> LabelRule:
     """The rule a classifier's ``align`` names.
 
     Args:
