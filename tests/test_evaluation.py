@@ -472,3 +472,91 @@ def test_stages_run_through_the_benchmark_and_a_rerun_skips_them(tmp_path):
     third = ok(run_tool([PY, bench, suite, '--work-dir', work]))
     assert '15 finished, 1 to run in 1 process(es)' in third, third
     assert json.load(open(osp.join(work, 'results.json')))['arms'] == res['arms']
+
+
+# ------------------------------------------------------------------------------------------
+# transfer: a cell's checkpoint fine-tuned on a transfer dataset
+# ------------------------------------------------------------------------------------------
+TRANSFER = osp.join(ROOT, 'configs', 'tlalign', 'transfer')
+
+
+def deit_s_cell_checkpoint(path):
+    """What an ImageNet cell of imagenet_deit-s.py leaves: the TL-Align DeiT-S classifier's
+    state dict (random weights here)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    import mmtlalign  # noqa: F401
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128.py'))
+    init_default_scope('mmpretrain')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), path)
+    return {k[len('backbone.'):]: v for k, v in model.state_dict().items()
+            if k.startswith('backbone.')}
+
+
+def make_pets(root, n_train=4, n_test=2):
+    """mmpretrain's Oxford-IIIT Pets layout: images/<Breed>_<i>.jpg and annotations/{trainval,
+    test}.txt with "name class species breed_id" lines (class 1-37)."""
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (('trainval', n_train), ('test', n_test)):
+        lines = []
+        for i in range(n):
+            name = f'{split}_Abyssinian_{i}'
+            img = rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)
+            os.makedirs(osp.join(root, 'images'), exist_ok=True)
+            Image.fromarray(img).save(osp.join(root, 'images', name + '.jpg'))
+            lines.append(f'{name} {1 + i % 37} 1 1')
+        with open(osp.join(root, 'annotations', f'{split}.txt'), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    return root
+
+
+def test_transfer_configs_load_a_cells_backbone(tmp_path):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    from mmtlalign.benchmark import load_suite
+    ckpt = str(tmp_path / 'cell.pth')
+    want = deit_s_cell_checkpoint(ckpt)
+    for name, classes in (('deit-s_ft-cifar100.py', 100), ('deit-s_ft-pets.py', 37)):
+        cfg = Config.fromfile(osp.join(TRANSFER, name))
+        cfg.merge_from_dict({'model.backbone.init_cfg.checkpoint': ckpt})
+        init_default_scope('mmpretrain')
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        got = model.backbone.state_dict()
+        assert got.keys() == want.keys()  # every backbone weight of the cell, nothing else
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+        assert model.head.num_classes == classes
+    suite = load_suite('transfer_deit-s')
+    stage = suite.downstream[0]
+    assert stage.name == 'cifar100' and stage.checkpoint_key == 'model.backbone.init_cfg.checkpoint'
+    assert [m.name for m in suite.metrics][:2] == ['top-1', 'CIFAR-100 top-1']
+
+
+@pytest.mark.slow
+def test_transfer_fine_tunes_on_a_tiny_pets_layout(tmp_path):
+    ckpt = str(tmp_path / 'cell.pth')
+    deit_s_cell_checkpoint(ckpt)
+    data = make_pets(str(tmp_path / 'pets'))
+    work = str(tmp_path / 'ft')
+    out = ok(run_tool([PY, osp.join(ROOT, 'tools', 'train.py'),
+                       osp.join(TRANSFER, 'deit-s_ft-pets.py'), '--work-dir', work,
+                       '--cfg-options', f'model.backbone.init_cfg.checkpoint={ckpt}',
+                       f'train_dataloader.dataset.data_root={data}',
+                       f'val_dataloader.dataset.data_root={data}',
+                       f'test_dataloader.dataset.data_root={data}',
+                       'train_cfg.max_epochs=1', 'train_dataloader.batch_size=2',
+                       'val_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+                       'val_dataloader.num_workers=0', 'test_dataloader.num_workers=0',
+                       'train_dataloader.persistent_workers=False',
+                       'val_dataloader.persistent_workers=False',
+                       'test_dataloader.persistent_workers=False']))
+    assert ckpt in out  # the backbone came from the cell's checkpoint
+    scalars = glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json'))[0]
+    lines = [json.loads(line) for line in open(scalars) if line.strip()]
+    assert any('accuracy/top1' in d for d in lines)
+    assert osp.isfile(osp.join(work, 'epoch_1.pth'))

@@ -139,10 +139,9 @@ def _cell_result(data):
 def command(train_cell, stages, python, spec_path):
     """argv of the evaluation process of one training cell."""
     from .launch import option_args
-    from .runner import finished_checkpoint
+    from .runner import expected_checkpoint, finished_checkpoint
     argv = [python, tool_path('analysis', 'evaluate.py'), train_cell.config,
-            finished_checkpoint(train_cell.work_dir) or
-            osp.join(train_cell.work_dir, 'epoch_N.pth'),
+            finished_checkpoint(train_cell.work_dir) or expected_checkpoint(train_cell),
             '--spec', spec_path, '--work-dir', eval_dir(train_cell),
             '--cache-dir', osp.join(osp.dirname(osp.dirname(train_cell.work_dir)),
                                     'evaluation_cache')]
@@ -169,9 +168,9 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
         return [], []
     train = [c for c in cells if c.stage == 'train']
     if dry_run:
+        from .launch import shell_line
+        spec = json.dumps([s.spec for s in suite.evaluation], separators=(',', ':'))
         for c in train:
-            spec = osp.join(eval_dir(c), 'stages.json')
-            from .launch import shell_line
             echo(shell_line(_prefix(launcher) + command(c, suite.evaluation, 'python', spec),
                             {}))
         return [], []
@@ -194,7 +193,7 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
         with open(spec, 'w') as f:
             json.dump([s.spec for s in stages], f, indent=2)
         argv = _prefix(launcher) + command(parent, stages, launcher.python, spec)
-        rc, wall = _run(argv, osp.join(folder, EVAL_LOG), env)
+        rc, wall, cpu = _run(argv, osp.join(folder, EVAL_LOG), env)
         name = f'{parent.arm} seed {parent.seed}'
         from ..evaluation.cli import read_result
         shown = []
@@ -207,12 +206,13 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
                 cell.state = 'failed'
                 failed.append(cell)
         with open(osp.join(folder, 'process.json'), 'w') as f:
-            json.dump(dict(wall_s=wall, stages=[s.name for s in stages], rc=rc), f)
+            json.dump(dict(wall_s=wall, cpu_s=cpu, stages=[s.name for s in stages], rc=rc), f)
         if rc:
             echo(f'[eval] {name}: FAILED (exit code {rc}); last lines of its log:\n' +
                  _tail(osp.join(folder, EVAL_LOG)))
         else:
-            echo(f'[eval] {name}: {", ".join(shown)} ({wall:.0f} s)')
+            cpu_text = f', {cpu:.0f} s CPU' if cpu is not None else ''
+            echo(f'[eval] {name}: {", ".join(shown)} ({wall:.0f} s{cpu_text})')
 
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -222,7 +222,8 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
 
 
 def _run(argv, log_path, env=None):
-    """Run one evaluation process, its output to ``log_path``; ``(returncode, seconds)``."""
+    """Run one evaluation process, its output to ``log_path``; ``(returncode, wall seconds,
+    CPU seconds of the process or None)``."""
     import subprocess
 
     from . import launch as launching
@@ -238,15 +239,21 @@ def _run(argv, log_path, env=None):
         log.flush()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env)
         launching.RUNNING.add(proc)
+        cpu = None
         try:
-            proc.wait()
+            if hasattr(os, 'wait4'):  # the child's own CPU time (the machine may be shared)
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                cpu = usage.ru_utime + usage.ru_stime
+            else:
+                proc.wait()
         except BaseException:
             proc.terminate()
             proc.wait()
             raise
         finally:
             launching.RUNNING.discard(proc)
-    return proc.returncode, time.time() - start
+    return proc.returncode, time.time() - start, cpu
 
 
 def _tail(path, n=15):
@@ -287,14 +294,17 @@ def summarise(suite, cells, skipped=None):
             per_stage[stage.name] = dict(per_seed=curves, mean=_family_mean(stage.kind,
                                                                             curves))
         out['curves'][arm.name] = per_stage
-        walls = []
+        walls, cpus = [], []
         for c in cells:
             if c.arm == arm.name and c.stage == 'train':
                 path = osp.join(eval_dir(c), 'process.json')
                 if osp.isfile(path):
                     with open(path) as f:
-                        walls.append(json.load(f).get('wall_s'))
+                        proc = json.load(f)
+                    walls.append(proc.get('wall_s'))
+                    cpus.append(proc.get('cpu_s'))
         out['wall_s'][arm.name] = [w for w in walls if w is not None]
+        out.setdefault('cpu_s', {})[arm.name] = [w for w in cpus if w is not None]
     return out
 
 
@@ -388,8 +398,23 @@ def families(results):
         panels.append(curve_panel(stage, 'fraction of patch tokens blanked', 'top-1 (%)',
                                   f'{stage}: top-1 vs occlusion (mean ± std over seeds)'))
     for stage in by_kind.get('patch_shuffle', []):
-        panels.append(curve_panel(stage, 'grid (blocks per side)', 'top-1 (%)',
-                                  f'{stage}: top-1 with shuffled blocks'))
+        def bars(ax, stage=stage):
+            arms = [a for a, per in ev['curves'].items() if (per.get(stage) or {}).get('mean')]
+            width = 0.8 / max(1, len(arms))
+            for k, arm in enumerate(arms):
+                mean = ev['curves'][arm][stage]['mean']
+                if mean.get('y') is None:
+                    continue
+                xs = np.arange(len(mean['x'])) + (k - (len(arms) - 1) / 2) * width
+                ax.bar(xs, mean['y'], width, yerr=mean.get('std'), capsize=3,
+                       color=colors[arm], label=labels[arm])
+                ax.set_xticks(range(len(mean['x'])))
+                ax.set_xticklabels([f'{g}x{g} blocks' for g in mean['x']])
+            ax.set(ylabel='top-1 (%)', title=f'{stage}: top-1 with shuffled blocks '
+                   '(mean ± std)')
+            ax.grid(alpha=0.3, axis='y')
+            ax.legend(fontsize=8)
+        panels.append(bars)
     for stage in by_kind.get('corruption', []) + by_kind.get('imagenet_c', []):
         panels.append(curve_panel(stage, 'severity', 'top-1 error (%), mean over corruptions',
                                   f'{stage}: corruption error per severity'))
@@ -470,7 +495,11 @@ def evaluation_report(results):
              m['stage'] in (results.get('evaluation') or {}).get('stages', {})]
     out += [f'  {name}: {EXPLAIN[name]}.' for name in shown]
     walls = [w for ws in (results['evaluation'].get('wall_s') or {}).values() for w in ws]
+    cpus = [w for ws in (results['evaluation'].get('cpu_s') or {}).values() for w in ws]
     if walls:
-        out.append(f'  evaluation time per cell: {np.mean(walls):.0f} s on average (one '
-                   f'process per cell; corrupted images are computed once and shared).')
+        cpu = (f', {np.mean(cpus):.0f} s of CPU ({min(cpus):.0f}-{max(cpus):.0f} s: the '
+               'first cells compute the corrupted images, the others reuse them)'
+               if cpus else '')
+        out.append(f'  evaluation time per cell: {np.mean(walls):.0f} s wall on average{cpu}; '
+                   'one process per cell, after the training cells.')
     return out

@@ -225,8 +225,8 @@ class RobustnessSet(Stage):
     def check(self):
         from ..datasets.imagenet_robustness import check_root
         check_root(self.LABEL, self.params['data_root'],
-                   f' (stage {self.name!r}: set its data_root in the suite, or the environment '
-                   'variable the suite reads it from)')
+                   f' (stage {self.name!r}: its data_root in the suite; the ImageNet suites '
+                   'read IMAGENET_{V2,A,R,SKETCH,C}_ROOT)')
 
     def build_dataset(self, ev):
         from mmengine.registry import build_from_cfg
