@@ -24,13 +24,14 @@ from mmengine.logging import MMLogger
 from mmpretrain.models import SwinTransformer, VisionTransformer
 from mmpretrain.structures import DataSample
 
-import datagen
 import mmtlalign  # noqa: F401
-from helpers import PY, ROOT, ok, run_tool
 from mmtlalign.errors import UserInputError, UserTypeError
 from mmtlalign.models import AlignedSwinTransformer, AlignedVisionTransformer, TLAlignClassifier
 from mmtlalign.models.alignment import token_share_from_mask
 from mmtlalign.models.token_loss import token_targets
+
+import datagen
+from helpers import PY, ROOT, free_port, ok, run_tool
 
 K = 10  # classes of the reference label vectors
 TOL = 1e-5
@@ -504,6 +505,24 @@ def test_suites_name_the_dense_arms():
 
 
 # ---- slow: compile, a real training run with resume, downstream ------------------------------
+def test_dense_aligned_forward_is_one_graph():
+    """torch.compile traces the dense forward_aligned (tokens kept through the probe) of a
+    ViT as one graph without breaks, as the plain one."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    backbone = AlignedVisionTransformer(
+        arch=dict(embed_dims=16, num_layers=4, num_heads=2, feedforward_channels=16),
+        img_size=16, patch_size=8)
+    x, share = torch.randn(2, 3, 16, 16), torch.rand(2, 4)
+    explanation = torch._dynamo.explain(
+        lambda x, s: backbone.forward_aligned(x, s, dense=True))(x, share)
+    torch._dynamo.reset()
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), \
+        [r.reason[:200] for r in explanation.break_reasons]
+    assert backbone._token_probe is None  # reset after the traced call
+
+
 @pytest.mark.slow
 def test_compiled_dense_loss_equals_eager():
     from mmtlalign.engine.compile import compile_model
@@ -532,14 +551,18 @@ def scalars(work_dir):
 
 @pytest.fixture(scope='module')
 def trained_dense(tmp_path_factory):
-    """tools/train.py (real Runner and registries) on the DeiT-S token-labels config shrunk to
-    a tiny DeiT on a tiny ImageNet layout: one epoch, then resumed for a second."""
+    """tools/train.py (real Runner and registries) on the DeiT-S token-labels config at 64 px
+    (a 4x4 token grid) on a tiny ImageNet layout, with a separate token head: one epoch, then
+    resumed for a second."""
     tmp = tmp_path_factory.mktemp('dense')
     data = datagen.make_imagenet(str(tmp / 'imagenet'), per_class=2)
     config = tmp / 'dense.py'
     base = osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128_token-labels.py')
-    config.write_text(datagen.tiny_deit_config(base) +
-                      "model.update(token_loss=dict(head='separate'))\n")
+    config.write_text(datagen.TINY_64PX_PIPELINES + f"""
+_base_ = {base!r}
+model = dict(token_loss=dict(head='separate'))
+randomness = dict(seed=0)
+""")
     work = str(tmp / 'work')
     ok(datagen.train_tool(config, work, data))
     out = ok(datagen.train_tool(config, work, data, '--resume',
@@ -579,3 +602,21 @@ def test_dense_backbone_converts_and_fine_tunes_on_ade20k(trained_dense, tmp_pat
     out = ok(run_tool([PY, osp.join(ROOT, 'tools/train.py'), str(config), '--work-dir', work]))
     assert 'missing: none, unexpected: none' in out
     assert [r for r in scalars(work) if 'mIoU' in r]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_with_the_token_loss(trained_dense, tmp_path):
+    """tools/dist_train.sh, 2 CPU processes (gloo): every parameter, the separate token head
+    included, gets gradient every step, so DDP runs without find_unused_parameters."""
+    work = str(tmp_path / 'ddp')
+    config = osp.join(osp.dirname(trained_dense['work']), 'dense.py')
+    result = run_tool(['bash', osp.join(ROOT, 'tools/dist_train.sh'), config, '2',
+                       '--work-dir', work, '--cfg-options',
+                       *datagen.tiny_cls_options(trained_dense['data'], batch_size=2)],
+                      env={'PORT': free_port()})
+    ok(result)
+    dumped = open(osp.join(work, 'dense.py')).read().replace(' ', '')
+    assert 'find_unused_parameters=False' in dumped and "backend='gloo'" in dumped
+    rows = [r for r in scalars(work) if 'loss_token' in r]
+    assert rows and all(r['loss_token'] > 0 for r in rows)
+    assert osp.isfile(osp.join(work, 'epoch_1.pth'))
