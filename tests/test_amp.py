@@ -12,8 +12,12 @@ from mmengine.logging import MMLogger
 from mmpretrain.structures import DataSample
 
 import mmtlalign  # noqa: F401
-from mmtlalign.models import AlignedSwinTransformer, AlignedVisionTransformer, TLAlignClassifier
-from mmtlalign.models import alignment
+from mmtlalign.models import (
+    AlignedSwinTransformer,
+    AlignedVisionTransformer,
+    TLAlignClassifier,
+    alignment,
+)
 
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 

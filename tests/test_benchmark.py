@@ -87,20 +87,22 @@ def test_verdict_names_only_differences_beyond_the_noise():
 # ------------------------------------------------------------------------------------------
 def test_shipped_suites_load():
     fm = load_suite('fmnist')
-    assert [a.name for a in fm.arms] == ['cutmix', 'tlalign', 'transmix']
+    assert [a.name for a in fm.arms] == ['cutmix', 'tlalign', 'transmix', 'tlalign-dense',
+                                         'origin-dense']
     assert fm.seeds == [0, 1, 2]
     assert ('tlalign', 'cutmix') in fm.comparisons and ('tlalign', 'transmix') in fm.comparisons
     swin = load_suite('imagenet_swin-t')
-    assert [a.name for a in swin.arms] == ['cutmix', 'tlalign']
+    assert [a.name for a in swin.arms] == ['cutmix', 'tlalign', 'tlalign-dense', 'origin-dense']
     assert swin.arm('cutmix').reference == dict(paper=81.2, mmpretrain=81.18)
     down = load_suite('downstream_swin-t')
     assert [s.name for s in down.downstream] == ['ade20k', 'coco']
-    assert [m.name for m in down.metrics] == ['top-1', 'ADE20K mIoU', 'COCO box AP',
-                                              'COCO mask AP']
+    assert [m.name for m in down.metrics if m.stage in ('train', 'ade20k', 'coco')] == [
+        'top-1', 'ADE20K mIoU', 'COCO box AP', 'COCO mask AP']  # (+ evaluation stages)
     deit = osp.join(ROOT, 'configs', 'benchmarks', 'imagenet_deit-s.py')
     if osp.isfile(osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128_deit.py')):
         d = load_suite(deit)
-        assert [a.name for a in d.arms] == ['deit', 'cutmix', 'transmix', 'tlalign']
+        assert [a.name for a in d.arms] == ['deit', 'cutmix', 'transmix', 'tlalign',
+                                            'tlalign-dense', 'origin-dense']
     # --arms / --seeds
     sub = load_suite('fmnist', arms=['cutmix', 'tlalign'], seeds=[3, 4])
     assert sub.seeds == [3, 4] and sub.comparisons == [('tlalign', 'cutmix')]
@@ -157,8 +159,8 @@ def train_py_args(line):
 
 def test_dry_run_torchrun_and_slurm_commands(tmp_path, capsys):
     work = str(tmp_path / 'w')
-    lines = dry_run(capsys, 'imagenet_swin-t', '--gpus', '8', '--work-dir', work,
-                    '--cfg-options', 'train_cfg.max_epochs=100')
+    lines = dry_run(capsys, 'imagenet_swin-t', '--arms', 'cutmix', 'tlalign', '--gpus', '8',
+                    '--work-dir', work, '--cfg-options', 'train_cfg.max_epochs=100')
     assert len(lines) == 6  # 2 arms x 3 seeds
     for line, (arm, cfg, seed) in zip(lines, [(a, c, s) for s in (0, 1, 2) for a, c in (
             ('cutmix', 'swin-t_16xb64_cutmix.py'), ('tlalign', 'swin-t_16xb64.py'))]):
@@ -169,19 +171,30 @@ def test_dry_run_torchrun_and_slurm_commands(tmp_path, capsys):
         assert args.cfg_options == {'train_cfg.max_epochs': 100, 'randomness.seed': seed}
         assert args.resume is None
 
+    # slurm: one sbatch job per cell (tests/test_slurm.py runs them on a real Slurm); the
+    # dry run prints each sbatch command and its job script
     lines = dry_run(capsys, 'downstream_swin-t', '--launcher', 'slurm', '--partition', 'gpu',
-                    '--gpus', '16', '--seeds', '0', '--work-dir', work)
+                    '--gpus', '16', '--seeds', '0', '--arms', 'cutmix', 'tlalign',
+                    '--work-dir', work)
     assert len(lines) == 6  # 2 arms x 1 seed x (ImageNet + ADE20K + COCO)
     first = lines[0]
-    assert first.startswith('GPUS=16 GPUS_PER_NODE=8 bash tools/slurm_train.sh gpu '
-                            'cutmix-s0 configs/tlalign/swin-t_16xb64_cutmix.py '), first
+    assert first.startswith('PYTHON=') and ' GPUS=16 GPUS_PER_NODE=8 ' in first, first
+    assert ('tools/slurm_train.sh gpu cutmix-s0 ' + osp.join(
+        ROOT, 'configs/tlalign/swin-t_16xb64_cutmix.py') + ' "$WORK" $RESUME') in first
     ade = next(line for line in lines if 'ade20k' in line and 'cutmix' in line)
-    args = train_py_args(ade)
-    assert args.work_dir == osp.join(work, 'cutmix', 'seed0-ade20k')
-    assert args.config.endswith('upernet_tlalign-swin-t_8xb2-160k_ade20k-512x512.py')
-    # the ADE20K cell starts from its ImageNet cell's final checkpoint
-    assert args.cfg_options['model.backbone.init_cfg.checkpoint'] == \
-        osp.join(work, 'cutmix', 'seed0', 'epoch_300.pth')
+    assert ade.endswith('model.backbone.init_cfg.checkpoint="$CKPT" || rc=$?'), ade
+    assert 'upernet_tlalign-swin-t_8xb2-160k_ade20k-512x512.py' in ade
+    # the ADE20K cell starts from its ImageNet cell's last checkpoint, after that job
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import benchmark
+    benchmark.main(['downstream_swin-t', '--launcher', 'slurm', '--partition', 'gpu',
+                    '--gpus', '16', '--seeds', '0', '--arms', 'cutmix', 'tlalign',
+                    '--work-dir', work, '--dry-run'])
+    out = capsys.readouterr().out
+    assert f"CKPT=$(cat {osp.join(work, 'cutmix', 'seed0', 'last_checkpoint')} " in out
+    assert "--dependency=afterok:<job of cutmix seed 0>" in out
+    assert out.count('sbatch --parsable') == 6 and '--gres=gpu:8 --nodes' not in out
+    assert '--ntasks=16 --nodes=2 --ntasks-per-node=8 --gres=gpu:8' in out
 
     with pytest.raises(SystemExit, match='--launcher slurm needs --partition'):
         dry_run(capsys, 'imagenet_swin-t', '--launcher', 'slurm')

@@ -19,11 +19,12 @@ from mmpretrain.structures import DataSample
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
-import datagen
 import mmtlalign  # noqa: F401
 from mmtlalign.engine.compile import compile_model, compile_options, use_compile_runner
 from mmtlalign.errors import UserInputError
 from mmtlalign.models.vit import AlignedVisionTransformer
+
+import datagen
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import datagen
-from helpers import free_port
 import mmtlalign  # noqa: F401
 from mmtlalign.models.mixing import MixedBatch, TLAlignMix, flip_partners
+
+import datagen
+from helpers import free_port
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable

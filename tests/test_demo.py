@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-import datagen
 from mmtlalign.datasets import fashion_mnist as fm
+
+import datagen
 from helpers import assert_png
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

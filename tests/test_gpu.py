@@ -24,8 +24,15 @@ import torch.nn.functional as F
 
 import datagen
 from datagen import DET_TINY, SEG_TINY
-from helpers import (free_port, make_vit_pair, ok, run_tool, saved_bytes, vit_grid_share,
-                     write_config)
+from helpers import (
+    free_port,
+    make_vit_pair,
+    ok,
+    run_tool,
+    saved_bytes,
+    vit_grid_share,
+    write_config,
+)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
@@ -70,7 +77,8 @@ def coco(tmp_path_factory):
 
 def cls_config(tmp_path, model):
     base, backbone, head = BACKBONES[model]
-    return write_config(tmp_path / f'{model}.py', CLS_CONFIG, base=base, backbone=backbone, head=head)
+    return write_config(tmp_path / f'{model}.py', CLS_CONFIG, base=base, backbone=backbone,
+                        head=head)
 
 
 def test_gpu_tests_and_their_subprocesses_see_the_gpus():

@@ -452,9 +452,10 @@ def _fixed_mix_class():
 
 
 def _tiny_classifier():
-    import mmtlalign  # noqa: F401
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
+    import mmtlalign  # noqa: F401
     init_default_scope('mmpretrain')
     return MODELS.build(dict(
         type='TLAlignClassifier',
@@ -605,9 +606,10 @@ def test_checkpoint_with_nonfinite_weights_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------------
 def _bad_data_runner(env, tmp, name, data, on_error='raise', num_workers=0, folder_scan=False):
     """A Runner (in this process) of the recipe config on ``data``, 2 iterations."""
-    import mmtlalign  # noqa: F401
     from mmengine.config import Config
     from mmengine.runner import Runner
+
+    import mmtlalign  # noqa: F401
     cfg = Config.fromfile(env.base)
     cfg.work_dir = osp.join(tmp, name)
     cfg.experiment_name = f'bad-data-{name}'

@@ -9,6 +9,7 @@ the fakes and /usr/bin:/bin, so the machine's own CUDA tools are out of sight.
 """
 import os
 import os.path as osp
+import re
 import subprocess
 
 import pytest
@@ -84,6 +85,15 @@ esac
             full.update(env)
             return subprocess.run(['bash', SCRIPT, *args], env=full, capture_output=True,
                                   text=True, timeout=60)
+
+        def shell(self, code, **env):
+            """Run bash ``code`` with the script's functions defined (it is sourced)."""
+            full = dict(PATH=f'{self.bin}:/usr/bin:/bin', HOME=str(tmp_path),
+                        MMTLALIGN_VENV=self.venv, MMTLALIGN_CACHE=str(tmp_path / 'cache'),
+                        FAKE_TORCH=self.fake_torch)
+            full.update(env)
+            return subprocess.run(['bash', '-c', f'set -euo pipefail; source {SCRIPT}; {code}'],
+                                  env=full, capture_output=True, text=True, timeout=60)
 
         def plan(self, **env):
             proc = self.run('--print-plan', **env)
@@ -207,3 +217,119 @@ def test_print_plan_needs_an_installed_torch(machine, tmp_path):
     assert proc.returncode != 0 and 'no virtual environment at' in proc.stderr
     proc = machine.run('--frobnicate')
     assert proc.returncode != 0 and "unknown argument '--frobnicate'" in proc.stderr
+
+
+def test_the_mmcv_cache_key_has_one_source(machine, tmp_path):
+    """setup_env.sh records the key and folder it used; the mmcv-ops error names that folder."""
+    from mmtlalign.engine.downstream_checks import mmcv_build_record, rebuild_hint
+    for gpu_plan in ({}, dict(FORCE_CUDA='1')):
+        if gpu_plan:
+            machine.torch('12.6', gpu=True)
+            machine.gpus(1)
+            machine.nvcc_on_path(make_toolkit(str(tmp_path / 'cuda-12.6'), '12.6'))
+        plan = machine.plan(**gpu_plan)
+        proc = machine.shell('plan_only >/dev/null && write_mmcv_record', **gpu_plan)
+        assert proc.returncode == 0, proc.stderr
+        record = mmcv_build_record(machine.venv)
+        assert record == {'MMCV_CACHE_KEY': plan['MMCV_CACHE_KEY'],
+                          'MMCV_WHEEL_DIR': plan['MMCV_WHEEL_DIR']}
+        assert plan['MMCV_WHEEL_DIR'] == str(tmp_path / 'cache' / 'wheels' /
+                                             plan['MMCV_CACHE_KEY'])
+        hint = rebuild_hint(machine.venv)
+        assert f"rm -rf {plan['MMCV_WHEEL_DIR']} {machine.venv}/.mmtlalign-setup" in hint
+    assert 'cpuops' not in plan['MMCV_CACHE_KEY']  # the second, a CUDA build's key
+    # an environment set up before the record existed: how to find the key
+    assert '--print-plan' in rebuild_hint(str(tmp_path / 'older-venv'))
+
+
+def _system_python_with_only_torch(tmp_path, site):
+    """A Python that has torch + torchvision (and what they import) and nothing else of the
+    stack: a plain venv of the base interpreter with a .pth to links of those packages."""
+    import glob
+    import sys
+    keep = re.compile(r'^(torch|torchvision|torchgen|functorch|triton|nvidia|cuda|filelock|'
+                      r'typing_extensions|'
+                      r'sympy|mpmath|networkx|jinja2|markupsafe|fsspec|numpy|pil|pillow)'
+                      r'([-_.].*)?$', re.I)
+    links = tmp_path / 'system-site'
+    links.mkdir()
+    for path in glob.glob(osp.join(site, '*')):
+        name = osp.basename(path)
+        if keep.match(name) and not name.startswith('__'):
+            os.symlink(path, links / name)
+    system = tmp_path / 'system-python'
+    subprocess.run([sys.base_prefix + '/bin/python3', '-m', 'venv', '--without-pip',
+                    str(system)], check=True)
+    purelib = subprocess.run([str(system / 'bin' / 'python'), '-c',
+                              'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    with open(osp.join(purelib, 'system-torch.pth'), 'w') as f:
+        f.write(str(links) + '\n')
+    return str(system / 'bin' / 'python'), str(links)
+
+
+@pytest.mark.slow
+def test_wheelhouse_and_offline_install_without_network(tmp_path):
+    """--download DIR on this machine (the registry), then --offline DIR with no network at all
+    (a network namespace without interfaces, and pip --no-index) into a new venv that reuses
+    a python's torch; everything else must come from the wheelhouse."""
+    import shutil
+    import sys
+    import time
+    if os.geteuid() != 0 or shutil.which('unshare') is None:
+        pytest.skip('needs root and unshare(1) to take the network away')
+    house, venv = str(tmp_path / 'wheelhouse'), str(tmp_path / 'venv')
+    env = dict(os.environ, PYTHON=sys.executable)
+    t = time.time()
+    r = subprocess.run(['bash', SCRIPT, '--download', house], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    names = os.listdir(house)
+    size = sum(osp.getsize(osp.join(house, n)) for n in names) / 2 ** 20
+    print(f'wheelhouse: {len(names)} files, {size:.0f} MiB, {time.time() - t:.0f} s')
+    assert f'mmcv-{pin("mmcv")}.tar.gz' in names
+    assert not [n for n in names if re.match(r'(torch|torchvision|nvidia|triton)[-_]', n)]
+    assert any(n.startswith('mmengine-') for n in names)
+
+    import torch
+    site = osp.dirname(osp.dirname(torch.__file__))
+    system_python, links = _system_python_with_only_torch(tmp_path, site)
+    t = time.time()
+    r = subprocess.run(['unshare', '-n', 'bash', SCRIPT, '--offline', house],
+                       env=dict(os.environ, PYTHON=system_python, MMTLALIGN_VENV=venv),
+                       capture_output=True, text=True, timeout=3600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    print(f'offline install: {time.time() - t:.0f} s')
+    assert 'environment ready' in out
+    check = subprocess.run(
+        [osp.join(venv, 'bin', 'python'), '-c',
+         'import torch, mmengine, mmcv.ops, mmtlalign; print(torch.__file__); '
+         'print(mmengine.__file__)'], capture_output=True, text=True, cwd=str(tmp_path))
+    assert check.returncode == 0, check.stderr
+    torch_file, mmengine_file = check.stdout.split()
+    assert torch_file.startswith(links)  # the machine's torch, reused
+    assert mmengine_file.startswith(venv)  # the rest installed from the wheelhouse
+    # the mmcv record names what this install used, for its torch
+    with open(osp.join(venv, '.mmtlalign-mmcv')) as f:
+        assert f'_torch-{torch.__version__.split("+")[0]}_' in f.read()
+
+
+def test_gpu_check_refuses_without_a_gpu_and_lists_its_steps(tmp_path):
+    script = osp.join(ROOT, 'tools', 'gpu_check.sh')
+    env = dict(os.environ, PATH='/usr/bin:/bin')  # no nvidia-smi
+    r = subprocess.run(['bash', script, '--out', str(tmp_path / 'r')], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1, r.stderr
+    assert 'no NVIDIA GPU here' in r.stderr and '--dry-run' in r.stderr
+    assert not (tmp_path / 'r').exists()  # nothing started
+    r = subprocess.run(['bash', script, '--dry-run'], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    steps = [line.split()[0] for line in r.stdout.splitlines() if line and line[0] != ' ']
+    assert steps[:6] == ['setup', 'cuda', 'gpu_tests', 'bench_deit_s', 'bench_swin_t',
+                         'dist_train_1gpu'], r.stdout
+    assert '-m gpu tests/test_gpu.py' in r.stdout
+    assert '--model swin-t --device cuda --amp' in r.stdout
+    r = subprocess.run(['bash', script, '--offline'], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and 'wheelhouse' in r.stderr

@@ -23,15 +23,14 @@ import os
 import os.path as osp
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from slurm_cluster import PARTITION, SlurmCluster, unavailable
 
 import datagen
 from helpers import PY, ROOT, free_port, ok, run_tool
-from slurm_cluster import PARTITION, SlurmCluster, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None,
                                 reason=f'no Slurm here: {unavailable()}')
@@ -343,7 +342,8 @@ def table_jobs(out):
 def test_benchmark_submits_every_cell_as_a_job(env, cpu_cluster):
     suite, work = env.suite('tiny'), osp.join(env.tmp, 'bench')
     t = time.time()
-    out = ok(env.benchmark(suite, work, '--max-jobs', '3'))
+    # (3 s a training iteration: the cells are still queued or running when looked at again)
+    out = ok(env.benchmark(suite, work, '--max-jobs', '3', SLOW_SECONDS='3'))
     submit_s = time.time() - t
     print(out)
     rows = table_jobs(out)
@@ -437,21 +437,25 @@ def test_benchmark_downstream_waits_for_its_training_cell_and_failures_resubmit(
 @pytest.mark.slow
 def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_cluster):
     arms = [dict(name='tlalign', config=env.tlalign)]
-    suite = env.suite('one', seeds=(0,), arms=arms)
+    # no periodic checkpoint before the end: what the requeued job resumes from is the save
+    # that the signal made
+    suite = env.suite('one', seeds=(0,), arms=arms,
+                      downstream="cfg_options = {'default_hooks.checkpoint.interval': 100}\n")
     full, requeued = osp.join(env.tmp, 'uninterrupted'), osp.join(env.tmp, 'requeued')
     ok(env.benchmark(suite, full))
     out = ok(env.benchmark(suite, requeued, SLOW_SECONDS='1.5'))  # sbatch exports it
     job = table_jobs(out)['tlalign seed 0'][0]
     cell = osp.join(requeued, 'tlalign', 'seed0')
-    wait_for(lambda: osp.isfile(osp.join(cell, 'iter_2.pth')), 300, 'iter_2.pth')
-    time.sleep(1.6)  # into iteration 4
+    log_path = osp.join(cell, 'benchmark_output.log')
+    wait_for(lambda: osp.isfile(log_path) and 'Iter(train) [3/8]' in open(log_path).read(),
+             300, 'iteration 3')
     assert cpu_cluster.run(['scontrol', 'requeue', job]).returncode == 0
     wait_for(lambda: any(j == job and s == 'PENDING' for j, _, s, _ in squeue(cpu_cluster)),
              120, 'the requeued job pending')
-    # the signal (SIGTERM) saved the iteration in progress, not only the periodic iter_2.pth
+    # the signal (SIGTERM) saved the iteration in progress
     last = open(osp.join(cell, 'last_checkpoint')).read().strip()
     saved = int(re.search(r'iter_(\d+)\.pth', last).group(1))
-    assert 2 < saved < 8, last
+    assert 3 <= saved < 8, last
     release_requeued(cpu_cluster)
     done = ok(env.benchmark(suite, requeued, '--wait', timeout=900))
     assert table_jobs(done)['tlalign seed 0'][1] == 'done'
@@ -464,3 +468,43 @@ def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_clust
                          osp.join(cell, 'iter_8.pth'), keys=('state_dict', 'optimizer',
                                                              'param_schedulers',
                                                              'exact_resume'))
+
+
+@pytest.mark.slow
+def test_cell_at_a_short_time_limit_requeues_itself_and_ends_bitwise_equal(env, cpu_cluster):
+    """--time 1 minute and the warning 40 s before it: training saves at SIGUSR1, the job
+    requeues itself (as often as it takes), and the result equals the uninterrupted run."""
+    arms = [dict(name='tlalign', config=env.tlalign)]
+    suite = env.suite('one', seeds=(0,), arms=arms,
+                      downstream="cfg_options = {'default_hooks.checkpoint.interval': 100}\n")
+    full, limited = osp.join(env.tmp, 'uninterrupted'), osp.join(env.tmp, 'time_limited')
+    if not osp.isfile(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth')):
+        ok(env.benchmark(suite, full, '--wait', timeout=900))
+    deadline, outs = time.time() + 900, []
+    for attempt in range(3):
+        # a self-requeue that Slurm records as FAILED (seen under load) ends --wait with the
+        # cell failed; running the command again resubmits it with --resume, as for any
+        # failed cell: the result must still be the uninterrupted run's
+        proc = env.popen([PY, BENCHMARK, suite, '--launcher', 'slurm', '--partition',
+                          PARTITION, '--gpus', '1', '--gpus-per-node', '1', '--cpus-per-task',
+                          '1', '--work-dir', limited, '--poll', '1', '--wait', '--time',
+                          '0:01:00', '--slurm-args=--signal=USR1@40'], SLOW_SECONDS='4')
+        while proc.poll() is None and time.time() < deadline:
+            release_requeued(cpu_cluster)  # instead of Slurm's 2-minute hold after a requeue
+            time.sleep(1)
+        outs.append(proc.communicate(timeout=60)[0])
+        if proc.returncode == 0:
+            break
+    out = '\n'.join(outs)
+    assert proc.returncode == 0, out[-3000:]
+    print(f'time limit: --wait ran {len(outs)} time(s)')
+    cell = osp.join(limited, 'tlalign', 'seed0')
+    log = open(osp.join(cell, 'benchmark_output.log')).read()
+    stops = re.findall(r'SIGUSR1: stopped after iteration (\d+)', log)
+    restarts = max(int(n) for n in re.findall(r'\(restart (\d+)\)', log))
+    print(f'time limit: stopped after iterations {stops}; the job ran {restarts + 1} times')
+    assert stops, log[-3000:]
+    assert 'TIMEOUT' not in log and 'DUE TO TIME LIMIT' not in log
+    assert_same_training(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth'),
+                         osp.join(cell, 'iter_8.pth'),
+                         keys=('state_dict', 'optimizer', 'param_schedulers', 'exact_resume'))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+import mmpretrain
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,12 @@ from mmengine.logging import MMLogger
 from mmpretrain.models import SwinTransformer
 from mmpretrain.registry import MODELS
 
-import datagen
-import mmpretrain
 import mmtlalign  # noqa: F401
 from mmtlalign.models import AlignedSwinTransformer
 from mmtlalign.models.alignment import aligned_target, token_share_from_mask
 from mmtlalign.models.swin import window_attend
+
+import datagen
 
 K = 10  # classes of the reference label vectors
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -6,9 +6,10 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-import datagen
 from mmtlalign.engine import tensorboard
 from mmtlalign.errors import UserInputError
+
+import datagen
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -50,6 +50,7 @@ def save_checkpoint(config, path, seed=0):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     import mmtlalign  # noqa: F401
     init_default_scope('mmpretrain')
     torch.manual_seed(seed)

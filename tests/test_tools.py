@@ -146,10 +146,11 @@ def test_amp_on_cpu_is_a_clear_error(tmp_path, imagenet, deit_config):
 
 
 def test_package_registers_components_everywhere():
-    import mmtlalign
     from mmdet.registry import MODELS as DET_MODELS
     from mmpretrain.registry import MODELS
     from mmseg.registry import MODELS as SEG_MODELS
+
+    import mmtlalign
     assert mmtlalign.__version__
     for name in ('TLAlignClassifier', 'TLAlignMix', 'AlignedVisionTransformer'):
         assert MODELS.get(name) is not None, name

@@ -13,21 +13,30 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-import datagen
 import mmtlalign  # noqa: F401
 from mmtlalign.errors import UserInputError
-from mmtlalign.models import (LABEL_RULES, AlignedVisionTransformer, AreaLabel, LabelRule,
-                              MixedBatch, TLAlignLabel, TransMixLabel, build_label_rule)
+from mmtlalign.models import (
+    LABEL_RULES,
+    AlignedVisionTransformer,
+    AreaLabel,
+    LabelRule,
+    MixedBatch,
+    TLAlignLabel,
+    TransMixLabel,
+    build_label_rule,
+)
 from mmtlalign.models.alignment import aligned_target, token_share_from_mask
+
+import datagen
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMLogger.get_current_instance().setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ from mmpretrain.structures import DataSample
 
 import mmtlalign  # noqa: F401
 from mmtlalign.models import AlignedVisionTransformer, TLAlignClassifier, TLAlignMix
+
 from helpers import make_vit_pair, vit_grid_share
 
 K = 10  # classes of the reference label vectors

@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument('--time', help='slurm: time limit of each job, [DAYS-]HH:MM:SS (training '
                    'saves and requeues itself shortly before it)')
     p.add_argument('--slurm-args', default='',
-                   help='slurm: more sbatch options, e.g. "--account=A --qos=Q"')
+                   help='slurm: more sbatch options, given with = since they start with --: '
+                   '--slurm-args="--account=A --qos=Q"')
     p.add_argument('--max-jobs', type=int, help='slurm: at most this many jobs queued at once')
     p.add_argument('--wait', action='store_true', help='slurm: wait until every cell has '
                    'ended, then write the results')

@@ -7,9 +7,15 @@
 # GPU architectures it was compiled for) and Python versions, because pip's own wheel cache is
 # keyed by the sdist only and would silently reuse a wheel compiled against another torch.
 #
-# Usage: bash tools/setup_env.sh [--print-plan]
+# Usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR]
 #   --print-plan   print the decisions (torch build, GPUs, FORCE_CUDA, CUDA_HOME, architectures,
 #                  mmcv cache key) for the torch already in the venv, and exit; installs nothing.
+#   --download DIR write a wheelhouse for machines without internet: the wheels of every
+#                  package but torch (for this Python, PYTHON=... for another) and the
+#                  hash-checked mmcv sdist.
+#   --offline DIR  install from that wheelhouse with no network (pip --no-index) into a venv
+#                  that reuses the torch + torchvision of PYTHON (default python3) and builds
+#                  mmcv's ops against it (CUDA ops when nvcc is there; TORCH_CUDA_ARCH_LIST).
 #
 # Environment knobs:
 #   PYTHON=python3.11          interpreter used to create .venv
@@ -258,6 +264,7 @@ cuda_plan() {
   fi
   GPUS=$gpus
   KEY="mmcv-$(pin mmcv)_torch-${torch_v}_${OPS}_${py_v}"
+  WHEEL_DIR="$CACHE/wheels/$KEY"
 }
 
 # print_plan: one KEY=VALUE per line.
@@ -272,6 +279,14 @@ print_plan() {
       "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
   fi
   echo "MMCV_CACHE_KEY=$KEY"
+  echo "MMCV_WHEEL_DIR=$WHEEL_DIR"
+}
+
+# write_mmcv_record: the wheel-cache key and folder of the installed mmcv, next to the stamp,
+# for the Python side (mmtlalign.engine.downstream_checks.rebuild_hint), which reads it instead
+# of computing a key of its own.
+write_mmcv_record() {
+  printf 'MMCV_CACHE_KEY=%s\nMMCV_WHEEL_DIR=%s\n' "$KEY" "$WHEEL_DIR" >"$VENV/.mmtlalign-mmcv"
 }
 
 # ---- the build ----
@@ -284,8 +299,12 @@ fetch_mmcv_source() {
   local dest="$1" tmp
   [[ -f "$dest/.patched" ]] && return 0
   tmp="$(mktemp -d)"
-  "${PIP[@]}" download "${PIP_QUIET[@]}" --no-deps --no-binary :all: --no-build-isolation \
-    -d "$tmp" "mmcv==$MMCV_V" >/dev/null
+  if [[ -n "${MMCV_SDIST:-}" ]]; then  # --offline: from the wheelhouse
+    cp "$MMCV_SDIST" "$tmp/"
+  else
+    "${PIP[@]}" download "${PIP_QUIET[@]}" --no-deps --no-binary :all: --no-build-isolation \
+      -d "$tmp" "mmcv==$MMCV_V" >/dev/null
+  fi
   echo "$MMCV_SDIST_SHA256  $tmp/mmcv-$MMCV_V.tar.gz" | sha256sum -c --quiet - \
     || die "mmcv-$MMCV_V.tar.gz does not match its pinned sha256"
   rm -rf "$dest" && mkdir -p "$dest"
@@ -316,11 +335,93 @@ plan_only() {
   print_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU"
 }
 
+# ---- compute nodes without internet: --download DIR, then --offline DIR there ----
+
+# Not put into a wheelhouse: the offline machine's own torch build (and what it brings) is used.
+TORCH_STACK_RE='^(torch|torchvision|triton|nvidia-.*|cuda-.*)$'
+
+# download_wheelhouse DIR: the wheels of everything but torch (resolved for this Python and
+# platform, at the pinned versions), the hash-checked mmcv sdist, and the pins.
+download_wheelhouse() {
+  local dir=$1 py tmp
+  py="${PYTHON:-python3}"
+  command -v "$py" >/dev/null || die "no '$py' on PATH; set PYTHON=/path/to/python3.X (the compute nodes' Python version)"
+  mkdir -p "$dir"
+  tmp="$(mktemp -d)"
+  { grep -vE '^(#|torch==|torchvision==|mmcv==)' "$PINS" | grep .
+    grep -vE '^(#|$)' "$TEST_REQS"
+    echo "yapf"; echo "wheel"; echo "ninja"; echo "pip"; } >"$tmp/top.txt"  # yapf: mmcv's own
+  say "resolving the packages for Python $("$py" -c 'import sys; print(sys.version.split()[0])') (all but torch)"
+  "$py" -m pip --disable-pip-version-check install -q --dry-run --ignore-installed \
+    --report "$tmp/report.json" -r "$tmp/top.txt" "torch==$(pin torch)" "torchvision==$(pin torchvision)" \
+    || die "pip could not resolve the pinned packages (see above)"
+  "$py" - "$tmp/report.json" "$TORCH_STACK_RE" >"$tmp/wheels.txt" <<'PY'
+import json, re, sys
+skip = re.compile(sys.argv[2])
+for item in json.load(open(sys.argv[1]))['install']:
+    meta = item['metadata']
+    if not skip.match(meta['name'].lower()):
+        print(f"{meta['name']}=={meta['version']}")
+PY
+  say "downloading $(wc -l <"$tmp/wheels.txt") packages into $dir"
+  "$py" -m pip --disable-pip-version-check download -q --no-deps -d "$dir" -r "$tmp/wheels.txt"
+  "$py" -m pip --disable-pip-version-check download -q --no-deps --no-binary :all: \
+    --no-build-isolation -d "$dir" "mmcv==$(pin mmcv)" >/dev/null
+  echo "$MMCV_SDIST_SHA256  $dir/mmcv-$(pin mmcv).tar.gz" | sha256sum -c --quiet - \
+    || die "mmcv-$(pin mmcv).tar.gz does not match its pinned sha256"
+  cp "$PINS" "$dir/pins.txt"
+  cp "$tmp/wheels.txt" "$dir/packages.txt"
+  rm -rf "$tmp"
+  say "wheelhouse ready: $(du -sh "$dir" | cut -f1) in $dir; copy it to the machine and run: bash tools/setup_env.sh --offline $dir"
+}
+
+# install_offline DIR: a venv that reuses PYTHON's torch, everything else from the wheelhouse,
+# pip never touching the network (--no-index); mmcv built here against that torch.
+install_offline() {
+  local dir=$1
+  [[ -f "$dir/mmcv-$(pin mmcv).tar.gz" && -f "$dir/pins.txt" ]] \
+    || die "$dir is not a wheelhouse (no mmcv-$(pin mmcv).tar.gz and pins.txt): make one with bash tools/setup_env.sh --download $dir on a machine with internet"
+  PYTHON="${PYTHON:-python3}"
+  command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH; set PYTHON=/path/to/the/python/with/torch"
+  "$PYTHON" -c 'import torch, torchvision' 2>/dev/null \
+    || die "--offline reuses this machine's torch and torchvision, but $PYTHON cannot import them; set PYTHON=/path/to/the/python that has them (e.g. the cluster's module or conda python)"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    say "creating virtual environment $VENV on $PYTHON (its site-packages visible: its torch is used)"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    # PYTHON is itself a venv (or conda env): its packages are not the new venv's "system" ones
+    local site purelib
+    site="$("$PYTHON" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')"
+    purelib="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$site" >"$purelib/mmtlalign-system-torch.pth"
+    "$VENV/bin/python" -c 'import torch' || die "torch from $site does not import in $VENV"
+  fi
+  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS="$dir"  # every pip command below: the wheelhouse only
+  PIP_QUIET=(-q --progress-bar off)
+  CONSTRAINTS="$VENV/.mmtlalign-constraints.txt"
+  grep -vE '^(torch|torchvision)==' "$dir/pins.txt" >"$CONSTRAINTS"  # the machine's torch
+  MMCV_SDIST="$dir/mmcv-$(pin mmcv).tar.gz"
+  say "step 1/4: build tools and numpy from $dir (no network); torch: $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "from", torch.__file__)')"
+  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$CONSTRAINTS" wheel ninja "setuptools==$(pin setuptools)" \
+    "numpy==$(pin numpy)" "opencv-python==$(pin opencv-python)"
+  local facts
+  facts="$(probe_torch "$VENV/bin/python")" || die "torch does not import in $VENV"
+  read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
+  cuda_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU" "$ARCH_FLAGS" "$TORCH_CUDA_HOME"
+  install_stack
+}
+
 main() {
   case "${1:-}" in
     --print-plan) plan_only; return ;;
+    --download|--offline)
+      [[ -n "${2:-}" ]] || die "$1 needs a folder: bash tools/setup_env.sh $1 DIR"
+      if [[ "$1" == --download ]]; then download_wheelhouse "$2"; else install_offline "$2"; fi
+      return ;;
     '') ;;
-    *) die "unknown argument '$1'; usage: bash tools/setup_env.sh [--print-plan]" ;;
+    *) die "unknown argument '$1'; usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR]" ;;
   esac
 
   if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(wanted_stamp)" ]]; then
@@ -356,8 +457,13 @@ main() {
   facts="$(probe_torch "$VENV/bin/python")" || die "torch does not import in $VENV (see: $VENV/bin/python -c 'import torch')"
   read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
   cuda_plan "$TORCH_V" "$CUDA_V" "$PY_V" "$HAS_GPU" "$ARCH_FLAGS" "$TORCH_CUDA_HOME"
+  install_stack
+}
+
+# install_stack: steps 2-4 (build or reuse mmcv, install the stack, verify, stamp), with PIP
+# (online, or --no-index from a wheelhouse) and the torch facts already probed.
+install_stack() {
   MMCV_V="$(pin mmcv)"
-  WHEEL_DIR="$CACHE/wheels/$KEY"
 
   if ! compgen -G "$WHEEL_DIR/mmcv-*.whl" >/dev/null; then
     jobs="${MAX_JOBS:-$(nproc)}"
@@ -389,8 +495,9 @@ main() {
 
   say "step 3/4: mmcv, mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
   "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
+  write_mmcv_record
   # Pins are passed as constraints so that nothing upgrades torch, numpy or mmcv behind our back.
-  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$PINS" \
+  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "${CONSTRAINTS:-$PINS}" \
     "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
     "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
     "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" \

@@ -4,14 +4,24 @@
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v]
     tools/dist_train.sh CONFIG GPUS [args]          # torchrun, one node or NNODES nodes
 """
-import argparse
-import sys
+import os
+import signal
 
-from mmtlalign.engine.precision import configure_tf32
-from mmtlalign.cli import launch
-from mmtlalign.checkpoint.fit import check_checkpoint_fits
-from mmtlalign.cli.work_dir_lock import hold_work_dir
-from mmtlalign.engine.preemption import add_preemption_hook
+# In a Slurm job a warning signal may come while torch is still importing, and its default
+# action would kill us: note it (mmtlalign.engine.preemption acts on it once training starts).
+_EARLY_SIGNALS = []
+if 'SLURM_JOB_ID' in os.environ:
+    for _sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(_sig, lambda num, frame: _EARLY_SIGNALS.append(signal.Signals(num).name))
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from mmtlalign.engine.precision import configure_tf32  # noqa: E402
+from mmtlalign.cli import launch  # noqa: E402
+from mmtlalign.checkpoint.fit import check_checkpoint_fits  # noqa: E402
+from mmtlalign.cli.work_dir_lock import hold_work_dir  # noqa: E402
+from mmtlalign.engine.preemption import add_preemption_hook  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,7 +49,8 @@ def main(argv=None):
     try:
         cfg = launch.load_config(args.config, args.cfg_options)
         run_options.apply(cfg, tensorboard=args.tensorboard)
-        add_preemption_hook(cfg)  # in a Slurm job: SIGUSR1/SIGTERM save and exit for requeue
+        # in a Slurm job: SIGUSR1/SIGTERM save and exit for requeue
+        add_preemption_hook(cfg, seen=_EARLY_SIGNALS)
         configure_tf32(cfg)  # TF32 on Ampere+ unless the config says tf32 = False
         cfg.launcher = args.launcher
         cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)

@@ -10,6 +10,7 @@
 # Reference numbers (../shared/DESIGN.md), top-1 at 224: the paper's baseline row is DeiT's own
 # recipe (79.8) and its TL-Align row 80.6 (official TL-Align README); mmpretrain 1.2.0's DeiT-S
 # recipe (Mixup 0.8 + CutMix 1.0) reports 80.69. No TransMix number is given there.
+_base_ = './_base_/imagenet_evaluation.py'  # robustness + calibration stages
 seeds = [0, 1, 2]
 metrics = ['top-1']
 arms = [

@@ -7,6 +7,7 @@
 #
 # Reference numbers (../shared/DESIGN.md): the official TL-Align README (paper) and mmpretrain
 # 1.2.0's Swin-T recipe, top-1 at 224.
+_base_ = './_base_/imagenet_evaluation.py'  # robustness + calibration stages
 seeds = [0, 1, 2]
 metrics = ['top-1']
 arms = [

@@ -158,6 +158,8 @@ def write_markdown(results, path):
         if extra:
             lines += [''] + [f'- {c["label"]}: {_ci(c)} ({c["n"]} paired seeds)' for c in extra]
         lines += ['', verdict(results, metric['name']), '']
+    for name, reason in ((results.get('evaluation') or {}).get('skipped') or {}).items():
+        lines.append(f'- evaluation stage `{name}`: skipped, not scored ({reason})')
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
 

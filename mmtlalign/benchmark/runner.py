@@ -4,16 +4,18 @@
 import os
 import os.path as osp
 import time
+from typing import Callable, List, Optional, Tuple
 
 from ..errors import UserInputError
 from . import launch as launching
-from .cells import plan_cells, read_marker, write_marker
+from .cells import Cell, plan_cells, read_marker, write_marker
 from .metrics import last_validation
 from .report import aggregate, write_all
 from .stages import evaluate_cells, summarise as summarise_evaluation
+from .suite import Suite
 
 
-def fmt_time(seconds):
+def fmt_time(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f'{h}h {m:02d}m' if h else f'{m}m {s:02d}s' if m else f'{s}s'
@@ -25,7 +27,7 @@ def _short(path):
     return path if rel.startswith('..') else rel
 
 
-def finished_checkpoint(work_dir):
+def finished_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint a finished run left (its ``last_checkpoint``), or None."""
     path = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(path):
@@ -35,7 +37,7 @@ def finished_checkpoint(work_dir):
     return ckpt if osp.isfile(ckpt) else None
 
 
-def expected_checkpoint(cell):
+def expected_checkpoint(cell: Cell) -> str:
     """Where a training cell's last checkpoint will be (for commands printed before it ran)."""
     done = finished_checkpoint(cell.work_dir) if cell.state == 'done' else None
     if done:
@@ -52,7 +54,7 @@ def expected_checkpoint(cell):
         return osp.join(cell.work_dir, 'epoch_N.pth')
 
 
-def cell_result(cell):
+def cell_result(cell: Cell) -> dict:
     """Metrics read from the cell's own outputs, plus what the marker recorded."""
     marker = read_marker(cell.work_dir) or {}
     metrics = last_validation(cell.work_dir, cell.metrics)
@@ -63,8 +65,10 @@ def cell_result(cell):
                 wall_s=marker.get('wall_s'))
 
 
-def run_suite(suite, work_root, launcher, cfg_options=None, downstream_options=None,
-              dry_run=False, jobs=1, echo=print, max_jobs=None, wait=False, poll=30.0):
+def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional[dict] = None,
+              downstream_options: Optional[dict] = None, dry_run: bool = False, jobs: int = 1,
+              echo: Callable[[str], None] = print, max_jobs: Optional[int] = None,
+              wait: bool = False, poll: float = 30.0) -> Tuple[Optional[dict], List]:
     """Run (or with ``dry_run`` print) every cell of ``suite``; write the three results files.
 
     Args:

@@ -35,11 +35,10 @@ import subprocess
 import sys
 import time
 
-from ..errors import UserInputError
 from ..cli.paths import tool_path
+from ..errors import UserInputError
 from . import launch as launching
 from .cells import read_marker, write_marker
-from .suite import ROOT
 
 JOB_RECORD = 'benchmark_job.json'
 REQUEUE_EXIT = 75  # mmtlalign.engine.preemption.REQUEUE_EXIT (not imported: no torch here)
@@ -65,10 +64,12 @@ def check_client():
 
 
 def partition_has_gpus(partition):
-    """Whether a node of ``partition`` has GPU GRES (``sinfo %G``); True when unknown."""
+    """Whether a node of ``partition`` has GPU GRES (``sinfo %G``)."""
     r = _run(['sinfo', '-h', '-p', partition, '-o', '%G'])
     if r.returncode != 0:
-        return True
+        last = (r.stderr.strip().splitlines() or ['no output'])[-1]
+        raise UserInputError(f'cannot reach the Slurm controller (sinfo: {last}); run this on a '
+                             'login node of the cluster, or set SLURM_CONF to its slurm.conf.')
     if not r.stdout.strip():
         raise UserInputError(f'slurm partition {partition!r} does not exist (sinfo lists none); '
                              'see `sinfo -s` for the partitions.')
@@ -117,8 +118,8 @@ def job_script(cell, launcher, gres):
         f'WORK={q(work)}',
         'echo "# $(date "+%Y-%m-%d %H:%M:%S") job $SLURM_JOB_ID on $(hostname)'
         ' (restart ${SLURM_RESTART_COUNT:-0})"',
-        'RESUME=()',
-        '[[ -s "$WORK/last_checkpoint" ]] && RESUME=(--resume)',
+        'RESUME=',  # (not an array: "${A[@]}" of an empty one fails under set -u in bash < 4.4)
+        '[[ -s "$WORK/last_checkpoint" ]] && RESUME=--resume',
     ]
     if cell.parent is not None:
         parent_ckpt = osp.join(cell.parent.work_dir, 'last_checkpoint')
@@ -134,7 +135,7 @@ def job_script(cell, launcher, gres):
            f'GPUS_PER_NODE={min(launcher.gpus, launcher.gpus_per_node)} '
            f'CPUS_PER_TASK={launcher.cpus_per_task}')
     train = (f'{env} bash {q(tool_path("slurm_train.sh"))} {q(launcher.partition)} '
-             f'{q(job_name(cell))} {q(cell.config)} "$WORK" "${{RESUME[@]}}"')
+             f'{q(job_name(cell))} {q(cell.config)} "$WORK" $RESUME')
     if cfg_args:
         train += ' --cfg-options ' + ' '.join(cfg_args)
     record = (f'{q(sys.executable)} -c "import json, os, sys, time; '
@@ -150,7 +151,8 @@ def job_script(cell, launcher, gres):
         f'if [[ $rc -eq {REQUEUE_EXIT} ]]; then',
         '  echo "# stopped at a signal with a checkpoint saved: requeueing job $SLURM_JOB_ID"',
         '  scontrol requeue "$SLURM_JOB_ID" && { sleep 300; exit 0; }',
-        '  echo "# scontrol requeue failed: run tools/benchmark.py again to resubmit" >&2',
+        '  echo "# scontrol requeue did not requeue the job (Slurm may be requeueing it'
+        ' already); otherwise run tools/benchmark.py again to resubmit" >&2',
         'fi',
         record,
         'exit $rc',
@@ -221,7 +223,7 @@ class SlurmSuite:
             except UserInputError:
                 if not dry_run:
                     raise
-                return True  # printing only: the partition may be another cluster's
+                self._gres = True  # printing only: the partition may be another cluster's
         return self._gres
 
     def _job(self, cell):
@@ -240,6 +242,15 @@ class SlurmSuite:
                 self.status[cell.work_dir] = ('new' if cell.state == 'new' else 'partial', '')
                 continue
             info = known.get(job)
+            if not (info and info['state'] in ACTIVE) and not self._settled(cell, job):
+                # no record of how it ended: a job that requeues itself shows an ended state
+                # (FAILED) for a moment, then is pending
+                # again; look again for a few seconds
+                for _ in range(4):
+                    time.sleep(3)
+                    info = query([job]).get(job)
+                    if (info and info['state'] in ACTIVE) or self._settled(cell, job):
+                        break
             if info and info['state'] in ACTIVE:
                 reason = info.get('reason') or ''
                 if info['state'] == 'PENDING' and reason in NEVER:
@@ -253,6 +264,12 @@ class SlurmSuite:
                 self.status[cell.work_dir] = (state, detail)
                 continue
             self.status[cell.work_dir] = self._ended(cell, job, info)
+
+    @staticmethod
+    def _settled(cell, job):
+        record = read_job_record(cell)
+        return record is not None and str(record.get('job_id')) == str(job) and \
+            record.get('rc') != REQUEUE_EXIT
 
     def _ended(self, cell, job, info):
         record = read_job_record(cell)
@@ -323,7 +340,8 @@ class SlurmSuite:
             f.write(script)
         r = _run([*argv, path])
         if r.returncode != 0:
-            raise UserInputError(f'sbatch refused {cell.name}: {r.stderr.strip()} (command: '
+            why = (r.stderr.strip().splitlines() or ['no output'])[-1]
+            raise UserInputError(f'sbatch refused {cell.name}: {why} (command: '
                                  f'{" ".join(shlex.quote(a) for a in argv)} {path})')
         job = r.stdout.strip().split(';')[0]
         marker = read_marker(cell.work_dir) or {}
@@ -335,7 +353,8 @@ class SlurmSuite:
             job_id=job, command=' '.join(shlex.quote(a) for a in [*argv, path]),
             submitted=time.strftime('%Y-%m-%d %H:%M:%S'), dependency=dependency,
             history=history))
-        self.status[cell.work_dir] = ('pending', f'(submitted{", after " + dependency if dependency else ""})')
+        after = f', after {dependency}' if dependency else ''
+        self.status[cell.work_dir] = ('pending', f'(submitted{after})')
 
     # -- the table --
     def table(self):

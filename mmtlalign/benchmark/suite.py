@@ -19,6 +19,7 @@ Config paths are relative to the working directory or, failing that, to the repo
 """
 import os.path as osp
 from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 from ..cli.paths import project_root
 from ..errors import UserInputError
@@ -85,7 +86,7 @@ class Suite:
         return next(a for a in self.arms if a.name == name)
 
 
-def resolve_path(path, what):
+def resolve_path(path: str, what: str) -> str:
     """An existing file: as given (relative to the working directory), else under the repo."""
     for candidate in (path, osp.join(ROOT, path)):
         if osp.isfile(candidate):
@@ -94,7 +95,7 @@ def resolve_path(path, what):
                          f'directory or the repository root {ROOT}).')
 
 
-def find_suite(name):
+def find_suite(name: str) -> str:
     """A suite file from a path or a bare name (``fmnist`` -> configs/benchmarks/fmnist.py)."""
     if osp.isfile(name):
         return osp.abspath(name)
@@ -141,7 +142,8 @@ def _fields(obj, allowed, where):
                              f'{", ".join(allowed)}.')
 
 
-def load_suite(path, arms=None, seeds=None):
+def load_suite(path: str, arms: Optional[Sequence[str]] = None,
+               seeds: Optional[Sequence[int]] = None) -> Suite:
     """Read and check a suite file.
 
     Args:

@@ -66,7 +66,7 @@ def is_prepared(root):
 
 
 def read_idx_header(path):
-    """(magic, dims) of an uncompressed idx file; raises :class:`FashionMNISTError` if it is none."""
+    """(magic, dims) of an uncompressed idx file; :class:`FashionMNISTError` if it is none."""
     with open(path, 'rb') as f:
         head = f.read(4)
         if len(head) < 4:

@@ -5,12 +5,12 @@ hooks ``ExactResumeHook``, ``AtomicCheckpointHook``, ``NonFiniteLossHook``, ``Da
 the transform ``CheckedLoadImageFromFile``; the file backend ``atomic_local``.
 """
 from .checkpoint import AtomicCheckpointHook, AtomicLocalBackend, atomic_write
-from .data_checks import CheckedLoadImageFromFile, DataCheckHook, DataError
-from .nonfinite import NonFiniteLossError, NonFiniteLossHook
-from .resume import ExactResumeHook
-from .downstream_checks import DownstreamChecksHook
 from .compile import CompileRunner, compile_model  # runner for `compile=True`
+from .data_checks import CheckedLoadImageFromFile, DataCheckHook, DataError
+from .downstream_checks import DownstreamChecksHook
+from .nonfinite import NonFiniteLossError, NonFiniteLossHook
 from .preemption import PreemptionHook  # noqa: F401  (SIGUSR1/SIGTERM: save, requeue)
+from .resume import ExactResumeHook
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write', 'CheckedLoadImageFromFile',

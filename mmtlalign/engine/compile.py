@@ -116,8 +116,9 @@ class CompileRunner(Runner):
             return
         model = self.model.module if is_model_wrapper(self.model) else self.model
         compiled = compile_model(model, **options)
-        self.logger.info(f'torch.compile({options}) applied to {", ".join(compiled)} (the optimizer '
-                         'step and mixing stay eager); the first iterations will be slow.')
+        self.logger.info(f'torch.compile({options}) applied to {", ".join(compiled)} (the '
+                         'optimizer step and mixing stay eager); the first iterations will be '
+                         'slow.')
 
 
 def use_compile_runner(cfg):

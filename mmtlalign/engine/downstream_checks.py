@@ -18,9 +18,13 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..checkpoint.fit import (backbone_load_report, check_pretrained_backbone,  # noqa: F401
-                             unwrap_model)
+from ..checkpoint.fit import (  # noqa: F401  (re-exported)
+    backbone_load_report,
+    check_pretrained_backbone,
+    unwrap_model,
+)
 from ..errors import DownstreamCheckError
+
 
 # ----------------------------------------------------------------------------- mmcv ops
 def _compiling_cuda_version():
@@ -33,13 +37,38 @@ def _compiling_cuda_version():
         return None
 
 
-def _wheel_key():
-    import sys
+#: written by tools/setup_env.sh next to its stamp: the mmcv wheel-cache key and folder it used
+MMCV_RECORD = '.mmtlalign-mmcv'
 
-    import mmcv
-    torch_v = torch.__version__.split('+')[0]
-    return (f'mmcv-{mmcv.__version__}_torch-{torch_v}_cu{torch.version.cuda}_'
-            f'py{sys.version_info[0]}{sys.version_info[1]}')
+
+def mmcv_build_record(prefix=None):
+    """``{'MMCV_CACHE_KEY': ..., 'MMCV_WHEEL_DIR': ...}`` that tools/setup_env.sh recorded in
+    the environment ``prefix`` (default: this one), or {} when it recorded none. The key is
+    computed in one place only, the script; this just reads what it used."""
+    import os.path as osp
+    import sys
+    path = osp.join(prefix or sys.prefix, MMCV_RECORD)
+    try:
+        with open(path) as f:
+            pairs = (line.strip().split('=', 1) for line in f if '=' in line)
+            return {k: v for k, v in pairs}
+    except OSError:
+        return {}
+
+
+def rebuild_hint(prefix=None):
+    """The command that rebuilds mmcv with CUDA ops in this environment."""
+    import os.path as osp
+    import sys
+    prefix = prefix or sys.prefix
+    wheel_dir = mmcv_build_record(prefix).get('MMCV_WHEEL_DIR')
+    stamp = osp.join(prefix, '.mmtlalign-setup')
+    if wheel_dir:
+        return f'`rm -rf {wheel_dir} {stamp} && FORCE_CUDA=1 bash tools/setup_env.sh`'
+    return (f'`rm -f {stamp} && FORCE_CUDA=1 bash tools/setup_env.sh` (this environment has '
+            f'no {MMCV_RECORD} record of the cached CPU-ops wheel; `bash tools/setup_env.sh '
+            '--print-plan` prints its MMCV_CACHE_KEY, a folder under '
+            '~/.cache/mmtlalign/wheels/)')
 
 
 def check_mmcv_cuda_ops(on_gpu=None):
@@ -61,9 +90,8 @@ def check_mmcv_cuda_ops(on_gpu=None):
             "get_compiling_cuda_version() == 'not available', e.g. built on a CPU machine)")
     raise DownstreamCheckError(
         f'this run uses the GPU, but mmcv {what}; mmdet/mmseg CUDA kernels (RoIAlign, NMS, ...) '
-        'would fail. Rebuild mmcv with CUDA ops on this machine (needs nvcc): '
-        f'`rm -rf ~/.cache/mmtlalign/wheels/{_wheel_key()} .venv/.mmtlalign-setup && '
-        'FORCE_CUDA=1 bash tools/setup_env.sh`. To run on the CPU instead, set '
+        f'would fail. Rebuild mmcv with CUDA ops on this machine (needs nvcc): {rebuild_hint()}. '
+        'To run on the CPU instead, set '
         'CUDA_VISIBLE_DEVICES="".')
 
 

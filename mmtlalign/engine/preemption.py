@@ -15,6 +15,10 @@ gathered for :class:`~mmtlalign.engine.resume.ExactResumeHook`, and the processe
 
     tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR --resume
 
+A signal that comes while the run is still being set up is noted from the start of
+``tools/train.py`` on (before the slow imports): ``SIGUSR1`` then stops after the first
+iteration, ``SIGTERM`` right away without a new checkpoint.
+
 A stop that falls on the last iteration of an epoch is taken after that epoch's own
 checkpoint, as an epoch checkpoint (so the resumed run continues with the next epoch; the
 epoch's validation is skipped, its weights are not changed by it).
@@ -38,6 +42,14 @@ from .resume import ExactResumeHook
 #: exit status of a run stopped by a signal after saving (``EX_TEMPFAIL``: try again)
 REQUEUE_EXIT = 75
 SIGNALS = ('SIGUSR1', 'SIGTERM')
+
+
+#: signals received before training started (see :func:`add_preemption_hook`)
+_EARLY = []
+
+
+def _early_handler(signum, frame):
+    _EARLY.append(signal.Signals(signum).name)
 
 
 class Preempted(SystemExit):
@@ -75,11 +87,37 @@ class PreemptionHook(Hook):
         for name in self.signals:
             sig = getattr(signal, name)
             self._previous[sig] = signal.signal(sig, self._handler)
+        early = [s for s in _EARLY if s in self.signals]
+        _EARLY.clear()
+        if early and self.received is None:
+            self.received = early[0]
+        # A time-limit warning (SIGUSR1) that came during set-up stops after the first
+        # iteration (with its checkpoint), so that every requeued attempt makes progress; a
+        # SIGTERM (pre-emption, cancel: little time left) stops now.
+        terminate = torch.tensor([1 if self.received == 'SIGTERM' else 0], dtype=torch.int64)
+        if get_world_size() > 1:
+            all_reduce(terminate, op='max')
+        if terminate.item():  # nothing trained since the last checkpoint: stop, no new save
+            runner.logger.info(f'{self.received or "a signal on another rank"} before training '
+                               f'started: stopping for requeue (exit status {REQUEUE_EXIT}) '
+                               'without a new checkpoint.')
+            if get_world_size() > 1:
+                barrier()
+                torch.distributed.destroy_process_group()
+            self.after_train(runner, stopping=True)
+            raise Preempted()
 
-    def after_train(self, runner):
+    def after_train(self, runner, stopping=False):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        # Training is over: a late warning has nothing left to stop, and Python resets its
+        # handlers to the default (terminate) while it shuts down, so a SIGUSR1 then would turn
+        # a finished run into a failed job. A stopping run ignores SIGTERM too (its exit status
+        # must stay REQUEUE_EXIT).
+        for name in ('SIGUSR1', 'SIGTERM') if stopping else ('SIGUSR1',):
+            if name in self.signals:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
     def _agreed(self):
         """True on every rank when any rank has received a signal."""
@@ -131,14 +169,27 @@ class PreemptionHook(Hook):
         if get_world_size() > 1:
             barrier()
             torch.distributed.destroy_process_group()
-        self.after_train(runner)
+        self.after_train(runner, stopping=True)
         raise Preempted()
 
 
-def add_preemption_hook(cfg, environ=os.environ):
-    """Add :class:`PreemptionHook` to ``cfg.custom_hooks`` inside a Slurm job (unless there)."""
+def note_early_signals(environ=os.environ, seen=()):
+    """Inside a Slurm job, note ``SIGUSR1``/``SIGTERM`` from now on for the hook; ``seen``: the
+    names of those that an earlier handler already noted (tools/train.py installs a stdlib-only
+    one before its slow imports: the signals' default action would kill the process)."""
+    if 'SLURM_JOB_ID' in environ:
+        for name in SIGNALS:
+            signal.signal(getattr(signal, name), _early_handler)
+        _EARLY.extend(seen)
+
+
+def add_preemption_hook(cfg, environ=os.environ, seen=()):
+    """Add :class:`PreemptionHook` to ``cfg.custom_hooks`` inside a Slurm job (unless there),
+    and note ``SIGUSR1``/``SIGTERM`` from now on (a warning that comes while the run is still
+    being set up would otherwise kill the process before the hook is installed)."""
     if 'SLURM_JOB_ID' not in environ:
         return cfg
+    note_early_signals(environ, seen)
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(isinstance(h, dict) and str(h.get('type', '')).split('.')[-1] == 'PreemptionHook'
                for h in hooks):
