@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datagen
 from mmtlalign.benchmark import load_suite, paired_difference, stats
 from mmtlalign.errors import UserInputError
+
+import datagen
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'tlalign', 'demo')

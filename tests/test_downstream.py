@@ -51,8 +51,9 @@ def _tool(name):
 
 
 def _scope(scope):
-    import mmtlalign  # noqa: F401
     from mmengine.registry import init_default_scope
+
+    import mmtlalign  # noqa: F401
     init_default_scope(scope)
 
 
@@ -63,8 +64,9 @@ def _build(cfg_model, scope):
 
 
 def _config(path):
-    import mmtlalign  # noqa: F401
     from mmengine.config import Config
+
+    import mmtlalign  # noqa: F401
     return Config.fromfile(path)
 
 
@@ -314,9 +316,8 @@ def _save(path, sd):
 def test_mismatched_checkpoint_errors(vit_backbone, classifier_ckpts, tmp_path):
     from mmpretrain.models import VisionTransformer
 
-    from mmtlalign.engine.downstream_checks import (DownstreamCheckError,
-                                                   check_pretrained_backbone)
     from mmtlalign.cli.launch import UserInputError
+    from mmtlalign.engine.downstream_checks import DownstreamCheckError, check_pretrained_backbone
     assert issubclass(DownstreamCheckError, UserInputError)
     check = check_pretrained_backbone
     cls = classifier_ckpts['vit']

@@ -10,17 +10,16 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from mmtlalign.errors import UserInputError
+
 import datagen
 from helpers import PY, ROOT, ok, run_tool
-
-from mmtlalign.errors import UserInputError
 
 TIMM_INFO = None
 
@@ -72,6 +71,7 @@ def make_layout(root, kind, per_class=2):
 def build_dataset(cfg):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
+
     import mmtlalign  # noqa: F401
     init_default_scope('mmpretrain')
     return DATASETS.build(cfg)
@@ -223,6 +223,7 @@ def test_corruptions_run_on_the_maintained_library_deterministically(channels, s
 
 def test_calibration_is_torchmetrics_ece_and_the_reliability_bins_agree():
     from torchmetrics.functional.classification import multiclass_calibration_error
+
     from mmtlalign.evaluation import calibration
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 10, generator=gen) * 3
@@ -276,6 +277,7 @@ def imagenet_model(tmp_path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     import mmtlalign  # noqa: F401
     from mmtlalign.datasets.imagenet_robustness import subset_indices
     path = str(tmp_path / 'tiny_in1k.py')
@@ -298,9 +300,10 @@ def imagenet_model(tmp_path):
 
 def test_robustness_stages_on_tiny_layouts(tmp_path):
     from mmengine.config import Config
+
+    from mmtlalign.datasets.imagenet_robustness import subset_indices
     from mmtlalign.evaluation.cli import evaluate
     from mmtlalign.evaluation.evaluator import Evaluator
-    from mmtlalign.datasets.imagenet_robustness import subset_indices
     config, ckpt = imagenet_model(tmp_path)
     roots = {}
     for kind in ('v2', 'a', 'r', 'sketch', 'c'):
@@ -486,6 +489,7 @@ def deit_s_cell_checkpoint(path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     import mmtlalign  # noqa: F401
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128.py'))
     init_default_scope('mmpretrain')
@@ -518,6 +522,7 @@ def test_transfer_configs_load_a_cells_backbone(tmp_path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
     from mmtlalign.benchmark import load_suite
     ckpt = str(tmp_path / 'cell.pth')
     want = deit_s_cell_checkpoint(ckpt)

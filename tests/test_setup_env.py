@@ -68,7 +68,9 @@ def machine(tmp_path):
         def gpus(self, count, driver='550.54.15'):
             write_exe(osp.join(self.bin, 'nvidia-smi'), f'''
 case "$1" in
-  -L) for i in $(seq 0 $(({count} - 1))); do echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-$i)"; done ;;
+  -L) for i in $(seq 0 $(({count} - 1))); do
+        echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-$i)"
+      done ;;
   # one line per GPU, written slowly: a reader that stops after the first line would kill
   # it with SIGPIPE (which pipefail turns into a failed set-up)
   --query-gpu=driver_version) for i in $(seq 1 {count}); do echo "{driver}"; sleep 0.05; done ;;

@@ -86,7 +86,8 @@ def splice(genuine, payload, dst):
     from mmtlalign.checkpoint.loader import load_checkpoint_file
     ckpt = load_checkpoint_file(genuine)
     ckpt['meta']['note'] = _Raw(payload)
-    torch.save(ckpt, dst, pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
+    torch.save(ckpt, dst,
+               pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
                pickle_protocol=2)
     return dst
 

@@ -31,7 +31,6 @@ import datagen
 from helpers import PY, ROOT, run_main, trained_tiny_deit
 
 
-
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
@@ -259,7 +258,8 @@ def test_stride_zero_tensor_is_refused(tmp_path):
     assert path.stat().st_size < 4096  # 4 bytes of storage for 16M elements
     with pytest.raises(CheckpointLoadError, match='overlap'):
         load_checkpoint_file(str(path))
-    error = run_main('tools/model_converters/timm_to_mmpretrain.py', [str(path), str(tmp_path / 'o')])
+    error = run_main('tools/model_converters/timm_to_mmpretrain.py',
+                     [str(path), str(tmp_path / 'o')])
     assert 'overlap' in error and '\n' not in error
     torch.save({'w': torch.zeros(4, 6)[:, ::2], 'v': torch.zeros(3).expand(1, 3)}, path)
     load_checkpoint_file(str(path))  # views that fit in their storage are fine
@@ -290,7 +290,8 @@ def test_numpy_dtype_with_hidden_object_field_is_refused(tmp_path):
     # in a subprocess: if the loader let it through, reading the array could crash the process
     script = f"""
 import mmtlalign
-from mmtlalign.checkpoint.loader import CheckpointLoadError, load_checkpoint_file, checkpoint_globals
+from mmtlalign.checkpoint.loader import CheckpointLoadError, checkpoint_globals
+from mmtlalign.checkpoint.loader import load_checkpoint_file
 import torch
 with checkpoint_globals():  # the allow-list alone, without the checks
     raw = torch.load({crafted!r}, weights_only=True)

@@ -17,10 +17,10 @@ if 'SLURM_JOB_ID' in os.environ:
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from mmtlalign.engine.precision import configure_tf32  # noqa: E402
-from mmtlalign.cli import launch  # noqa: E402
 from mmtlalign.checkpoint.fit import check_checkpoint_fits  # noqa: E402
+from mmtlalign.cli import launch  # noqa: E402
 from mmtlalign.cli.work_dir_lock import hold_work_dir  # noqa: E402
+from mmtlalign.engine.precision import configure_tf32  # noqa: E402
 from mmtlalign.engine.preemption import add_preemption_hook  # noqa: E402
 
 

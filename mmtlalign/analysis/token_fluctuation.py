@@ -61,6 +61,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------
 def load_cfg(args):
     from mmengine.config import DictAction  # noqa: F401
+
     from mmtlalign.cli import launch
     options = None
     if args.cfg_options:
@@ -71,12 +72,12 @@ def load_cfg(args):
 
 
 def build_model(cfg, checkpoint, device):
-    import torch
+    import copy
+
     from mmengine.runner import load_checkpoint
     from mmpretrain.registry import MODELS
 
     from mmtlalign.cli.launch import UserInputError
-    import copy
     model_cfg = copy.deepcopy(cfg.model)
     backbone_type = model_cfg.backbone.get('type', '')
     short = backbone_type.split('.')[-1]
@@ -269,7 +270,8 @@ def plot_scatter(path, area, final, pred, summary, title):
         ax.scatter(final[valid], pred[valid], s=10, alpha=0.5, color='tab:red', edgecolors='none',
                    label=f'vs aligned share (MAE {summary["pred_mae_vs_aligned"]:.3f})')
         ax.scatter(area[valid], pred[valid], s=10, alpha=0.5, color='tab:blue',
-                   edgecolors='none', label=f'vs area share (MAE {summary["pred_mae_vs_area"]:.3f})')
+                   edgecolors='none',
+                   label=f'vs area share (MAE {summary["pred_mae_vs_area"]:.3f})')
         ax.plot([0, 1], [0, 1], 'k--', lw=1)
         ax.set_xlabel('label share of the partner')
         ax.set_ylabel('model: p(partner) / (p(image) + p(partner))')

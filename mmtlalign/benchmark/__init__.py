@@ -2,7 +2,7 @@
 with paired confidence intervals. ``tools/benchmark.py`` is the command line."""
 from .cells import Cell, plan_cells
 from .launch import Launcher
-from .report import aggregate, text_table, table_rows, verdict, write_all
+from .report import aggregate, table_rows, text_table, verdict, write_all
 from .runner import run_suite
 from .stats import mean_std, paired_difference, t_quantile
 from .suite import Arm, Metric, Stage, Suite, load_suite

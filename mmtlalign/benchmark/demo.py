@@ -15,14 +15,14 @@ import sys
 
 import numpy as np
 
+from ..cli.paths import tool_path
 from ..errors import UserInputError
 from .launch import Launcher
 from .metrics import history
 from .report import table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
-from ..cli.paths import tool_path
-from .suite import ROOT, load_suite
 from .stages import evaluation_report
+from .suite import ROOT, load_suite
 
 SUITE = osp.join(ROOT, 'configs', 'benchmarks', 'fmnist.py')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -97,7 +97,7 @@ def folder_config(data, arm_config, work_dir, img_size, subset, val_subset, seed
                 f'pipeline={pipeline})')
 
     size = img_size
-    text = f"""# Written by tools/demo.py for --data {data}: the demo arm on an ImageNet-layout folder.
+    text = f"""# Written by tools/demo.py for --data {data}: the demo arm on an ImageNet-layout folder.  # noqa: E501
 _base_ = {arm_config!r}
 num_classes = {len(classes)}
 model = dict(backbone=dict(img_size={size}, in_channels=3),

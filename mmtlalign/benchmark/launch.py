@@ -16,8 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..errors import UserInputError
 from ..cli.paths import tool_path
+from ..errors import UserInputError
 from .suite import ROOT
 
 LOG = 'benchmark_output.log'

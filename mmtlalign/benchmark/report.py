@@ -175,6 +175,7 @@ def plot(results, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     from .stages import families  # evaluation stages: a panel per metric family, below
     evaluation = (results.get('evaluation') or {}).get('stages', {})
     metrics = [m for m in results['metrics'] if m['stage'] not in evaluation]

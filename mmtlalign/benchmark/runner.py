@@ -3,7 +3,6 @@
 """
 import os
 import os.path as osp
-import time
 from typing import Callable, List, Optional, Tuple
 
 from ..errors import UserInputError
@@ -11,7 +10,8 @@ from . import launch as launching
 from .cells import Cell, plan_cells, read_marker, write_marker
 from .metrics import last_validation
 from .report import aggregate, write_all
-from .stages import evaluate_cells, summarise as summarise_evaluation
+from .stages import evaluate_cells
+from .stages import summarise as summarise_evaluation
 from .suite import Suite
 
 

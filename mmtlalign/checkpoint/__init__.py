@@ -8,8 +8,13 @@ have downloaded.
 * :mod:`.state_dict`: where the weights sit in a file.
 """
 from .convert import classifier_to_backbone, timm_to_mmpretrain
-from .fit import (CheckpointFitError, LoadReport, backbone_load_report,
-                  check_checkpoint_fits, check_pretrained_backbone)
+from .fit import (
+                  CheckpointFitError,
+                  LoadReport,
+                  backbone_load_report,
+                  check_checkpoint_fits,
+                  check_pretrained_backbone,
+)
 from .loader import CheckpointLoadError, load_checkpoint_file
 from .state_dict import ConversionError, unwrap_state_dict
 

@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import DownstreamCheckError, UserInputError
-
 from .state_dict import CONVERTER_CLS, CONVERTER_TIMM, strip_module_prefix, unwrap_state_dict
 
 # Loaded with resizing by the backbones' own load hooks (another resolution or window): only

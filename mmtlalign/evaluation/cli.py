@@ -86,6 +86,7 @@ def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=N
     from mmengine.registry import init_default_scope
 
     import mmtlalign  # noqa: F401  (registers the components and datasets)
+
     from ..cli import launch
     from ..datasets.imagenet_robustness import RobustnessSetMissing
     from .evaluator import Evaluator
@@ -129,6 +130,7 @@ def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=N
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
+
     from .stages import KINDS
     p = argparse.ArgumentParser(description='Evaluation stages (robustness sets, occlusion, '
                                 'patch shuffle, corruptions, calibration) on a checkpoint.')

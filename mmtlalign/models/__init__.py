@@ -1,6 +1,5 @@
 from .classifier import TLAlignClassifier
-from .labels import (LABEL_RULES, AreaLabel, LabelRule, TLAlignLabel, TransMixLabel,
-                     build_label_rule)
+from .labels import LABEL_RULES, AreaLabel, LabelRule, TLAlignLabel, TransMixLabel, build_label_rule
 from .mixing import MixedBatch, TLAlignMix
 from .swin import AlignedSwinTransformer
 from .vit import AlignedVisionTransformer

@@ -153,7 +153,8 @@ class TLAlignMix:
         B, _, H, W = inputs.shape
         ph, pw = patch_size
         if H % ph or W % pw:
-            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}: '
+            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size '
+                                 f'{ph}x{pw}: '
                              'token labels need whole patches. Resize/crop to a multiple of the '
                              'patch size in the data pipeline.')
         grid = (H // ph, W // pw)

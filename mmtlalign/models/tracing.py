@@ -51,7 +51,8 @@ class ShareTracingMixin:
         B, _, H, W = x.shape
         ph, pw = self.patch_size
         if H % ph or W % pw:
-            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size {ph}x{pw}; '
+            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size '
+                                 f'{ph}x{pw}; '
                              'resize or crop to a multiple of the patch size.')
         grid = (H // ph, W // pw)
         if tuple(token_share.shape) != (B, grid[0] * grid[1]):
