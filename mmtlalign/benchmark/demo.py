@@ -97,7 +97,8 @@ def folder_config(data, arm_config, work_dir, img_size, subset, val_subset, seed
                 f'pipeline={pipeline})')
 
     size = img_size
-    text = f"""# Written by tools/demo.py for --data {data}: the demo arm on an ImageNet-layout folder.  # noqa: E501
+    text = f"""# Written by tools/demo.py for --data {data}:
+# the demo arm on an ImageNet-layout folder.
 _base_ = {arm_config!r}
 num_classes = {len(classes)}
 model = dict(backbone=dict(img_size={size}, in_channels=3),
