@@ -56,6 +56,9 @@ EXTRAS_REQUIRE = {
     'tensorboard': ['tensorboard>=2.10'],
     # pytest; timm checks the timm -> mmpretrain converter; openmim drives `mim train/test`
     'tests': ['pytest>=7', 'timm>=0.9', 'openmim>=0.3.9', 'tensorboard>=2.10'],
+    # evaluation stages (mmtlalign/evaluation): ImageNet-C corruptions (the maintained fork of
+    # imagecorruptions), calibration error, and timm's ImageNet class lists for A/R/Sketch/C
+    'evaluation': ['imagecorruptions-imaug>=1.1.5', 'torchmetrics>=1.0', 'timm>=0.9'],
 }
 
 #: what `mim` looks for in <package>/.mim (model-index.yml: `mim search`, the metafile lookup)

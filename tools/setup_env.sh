@@ -319,6 +319,7 @@ verify_env() {
 import torch, torchvision, mmcv, mmengine, mmpretrain, mmdet, mmseg  # noqa: F401
 from mmcv.ops import nms  # fails when mmcv was built without its compiled ops
 import mmdet.models, mmseg.models, mmtlalign  # noqa: F401
+import imagecorruptions, torchmetrics  # noqa: F401  (the evaluation stages)
 print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, '
       f'mmengine {mmengine.__version__}, mmpretrain {mmpretrain.__version__}, mmdet {mmdet.__version__}, '
       f'mmseg {mmseg.__version__}, mmtlalign {mmtlalign.__version__}, cuda available: {torch.cuda.is_available()}')
@@ -501,7 +502,8 @@ install_stack() {
     "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
     "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
     "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" \
-    "tensorboard==$(pin tensorboard)" -r "$TEST_REQS"
+    "tensorboard==$(pin tensorboard)" "imagecorruptions-imaug==$(pin imagecorruptions-imaug)" \
+    "torchmetrics==$(pin torchmetrics)" -r "$TEST_REQS"
   "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
   say "step 4/4: verifying imports and compiled ops"
