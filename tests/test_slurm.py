@@ -114,7 +114,9 @@ class Env:
 
     def environ(self, **extra):
         return dict(self.cluster.env, PYTHONPATH=f'{ROOT}:{self.hooks}', PYTHON=PY,
-                    CPUS_PER_TASK='1', OMP_NUM_THREADS='1', **extra)
+                    CPUS_PER_TASK='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', **extra)
+        # (one BLAS thread everywhere: the bitwise comparisons need the same kernels as the
+        # reference run, whatever the caller's environment -- run_tests.sh exports 2)
 
     def run(self, args, timeout=600, **extra):
         return run_tool(args, env=self.environ(**extra), timeout=timeout)

@@ -412,7 +412,12 @@ def test_read_only_or_full_work_dir_is_one_line_and_keeps_checkpoints(env, tmp_p
         work = disk / 'w'
         if case == 'read-only':
             subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
-        result = datagen.train_tool(env.config, str(work), env.data,
+        # our recipe, whose AtomicCheckpointHook never leaves a half-written checkpoint
+        # (mmengine's plain CheckpointHook, which the mmpretrain recipes use, does)
+        config = tmp_path / 'ours.py'
+        config.write_text(datagen.tiny_deit_config(
+            osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128.py'), num_classes=4))
+        result = datagen.train_tool(str(config), str(work), env.data,
                                     options=['train_cfg.max_epochs=3'])
         assert result.returncode != 0
         last = result.stderr.strip().splitlines()[-1]
