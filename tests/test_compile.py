@@ -45,6 +45,7 @@ def narrow_vit(num_layers, **kwargs):
     return backbone
 
 
+@pytest.mark.slow
 def test_aligned_vit_traces_12_blocks_in_one_graph():
     torch.manual_seed(0)
     backbone = narrow_vit(12)

@@ -298,6 +298,7 @@ def imagenet_model(tmp_path):
     return path, ckpt
 
 
+@pytest.mark.slow
 def test_robustness_stages_on_tiny_layouts(tmp_path):
     from mmengine.config import Config
 

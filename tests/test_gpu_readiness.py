@@ -249,6 +249,7 @@ def test_tf32_on_for_ampere_and_newer_unless_switched_off(capability):
         precision.configure_tf32(Config(dict(tf32='no')))
 
 
+@pytest.mark.slow
 def test_train_tool_reports_a_bad_tf32_switch_in_one_line():
     result = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools', 'train.py'),

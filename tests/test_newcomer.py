@@ -262,6 +262,7 @@ def test_tta_averages_flipped_predictions(project, imagenet, user_checkpoint, tm
     torch.testing.assert_close(scores['tta'].sum(1), torch.ones(len(scores['tta'])))
 
 
+@pytest.mark.slow
 def test_show_without_a_display_and_tta_twice_are_refused(tmp_path):
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'')  # never read: both are refused before the model is built
@@ -345,6 +346,7 @@ def _coco_cfg(coco, prefix='instances', **options):
     return cfg
 
 
+@pytest.mark.slow
 def test_three_categories_with_the_default_classes_fail_before_training(coco, tmp_path):
     """The issue's case: a 3-category json, no metainfo.classes (CocoDataset's 80), through
     tools/train.py: one line, before the model is built."""
@@ -394,6 +396,7 @@ def test_coco_without_images_or_with_unknown_categories(coco):
 
 
 # ----------------------------------------------------------------------------- item 6
+@pytest.mark.slow
 def test_python_m_mmtlalign_reports_version_environment_and_suites():
     import mmtlalign
     out = ok(run_tool([PY, '-m', 'mmtlalign']))
@@ -409,6 +412,7 @@ def test_python_m_mmtlalign_reports_version_environment_and_suites():
     assert 'pkg_resources' not in out
 
 
+@pytest.mark.slow
 def test_no_pkg_resources_warning_in_tool_output(tmp_path):  # (tmp_path holds the name)
     """Reading a config with an ``mmpretrain::`` base imports pkg_resources (mmengine looks the
     package up with it): setuptools' deprecation warning must not reach the tool's output."""

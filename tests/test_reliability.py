@@ -516,6 +516,7 @@ def _ddp_step_worker(rank, port, path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_step_equals_one_process_on_combined_batch(tmp_path):
     """Gradients are averaged over processes and each process's loss is the mean over its
     batch, so with equal local batches, per-image losses (no batch statistics in a ViT) and
@@ -668,6 +669,7 @@ def test_empty_class_folder_is_named(env, tmp_path):
         runner.train()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['corrupt', 'truncated'])
 def test_corrupt_or_truncated_image_is_named_from_loader_worker(env, tmp_path, kind):
     """A data-loader worker process (the loop's loader already started when the hook swaps the
@@ -687,6 +689,7 @@ def test_corrupt_or_truncated_image_is_named_from_loader_worker(env, tmp_path, k
         runner.train()
 
 
+@pytest.mark.slow
 def test_bad_images_are_logged_and_skipped_when_asked(env, tmp_path):
     data = _copy_data(env, str(tmp_path), 'skip')
     truncated = [_train_image(data, label, i) for label in (0, 1) for i in range(4)]

@@ -83,6 +83,7 @@ def check_outputs(summary, out_dir, num_blocks, num_images=16):
         assert im.size[0] > im.size[1]
 
 
+@pytest.mark.slow
 def test_vit_checkpoint(tool, fmnist, tmp_path, capfd):
     ckpt = save_checkpoint(CONFIG, str(tmp_path / 'vit.pth'))
     out_dir = str(tmp_path / 'out')

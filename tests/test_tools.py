@@ -107,6 +107,7 @@ def test_dist_train_two_cpu_processes(imagenet, deit_config, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
 
 
+@pytest.mark.slow
 def test_missing_config_is_a_clear_error(tmp_path):
     result = run_tool([PY, 'tools/train.py', 'configs/tlalign/no_such_config.py'])
     assert result.returncode != 0
@@ -114,6 +115,7 @@ def test_missing_config_is_a_clear_error(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_dataset_folder_is_a_clear_error(tmp_path, deit_config):
     missing = str(tmp_path / 'no_imagenet')
     result = run_tool(train_cmd(deit_config, str(tmp_path / 'w'),
@@ -124,6 +126,7 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path, deit_config):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, imagenet, deit_config):
     empty = str(tmp_path / 'fresh_work_dir')
     os.makedirs(empty)
@@ -137,6 +140,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, imagenet, deit_con
     assert 'nope.pth' in result.stderr and 'does not exist' in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only message')
 def test_amp_on_cpu_is_a_clear_error(tmp_path, imagenet, deit_config):
     result = run_tool(train_cmd(deit_config, str(tmp_path / 'w'),

@@ -285,6 +285,7 @@ def _hidden_object_array(dst):
     return str(dst)
 
 
+@pytest.mark.slow
 def test_numpy_dtype_with_hidden_object_field_is_refused(tmp_path):
     crafted = _hidden_object_array(tmp_path / 'dtype.pth')
     # in a subprocess: if the loader let it through, reading the array could crash the process
