@@ -118,14 +118,18 @@ class TLAlignClassifier(ImageClassifier):
         if self.token_loss_cfg is not None:
             return self._dense_loss(inputs, data_samples, labels, mixed)
         feats, share = self.label_rule(self.backbone, mixed)
+        losses = self._class_token_loss(feats, share, data_samples, labels, mixed)
+        losses['token_fluctuation'] = (share - mixed.area_share).abs().mean().detach()
+        return losses
+
+    def _class_token_loss(self, feats, share, data_samples, labels, mixed):
+        """The head's loss against the aligned soft target of the (B,) output shares."""
         if self.with_neck:
             feats = self.neck(feats)
         target = aligned_target(labels, mixed.partner, share, self.num_classes)
         for sample, score in zip(data_samples, target):
             sample.set_gt_score(score)
-        losses = self.head.loss(feats, data_samples)
-        losses['token_fluctuation'] = (share - mixed.area_share).abs().mean().detach()
-        return losses
+        return self.head.loss(feats, data_samples)
 
     def _dense_loss(self, inputs, data_samples, labels, mixed):
         """:meth:`loss` with the token loss: the same class-token loss, plus ``loss_token``.
@@ -134,12 +138,7 @@ class TLAlignClassifier(ImageClassifier):
         and, for TL-Align, their traced (B, N) shares come from the same pass as ``outs``.
         """
         feats, share, tokens, traced = self.label_rule(self.backbone, mixed, dense=True)
-        if self.with_neck:
-            feats = self.neck(feats)
-        target = aligned_target(labels, mixed.partner, share, self.num_classes)
-        for sample, score in zip(data_samples, target):
-            sample.set_gt_score(score)
-        losses = self.head.loss(feats, data_samples)
+        losses = self._class_token_loss(feats, share, data_samples, labels, mixed)
         token_share = self._token_share(inputs, mixed, traced, tokens.shape[1])
         losses['loss_token'] = self.token_loss_cfg.weight * self._token_loss(
             tokens, token_targets(labels, mixed.partner, token_share, self.num_classes))
