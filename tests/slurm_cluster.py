@@ -23,6 +23,10 @@ PACKAGES = ['slurmctld', 'slurmd', 'slurm-client', 'munge']
 BINARIES = ['/usr/sbin/slurmctld', '/usr/sbin/slurmd', '/usr/sbin/munged']
 PARTITION = 'cpu'
 CPUS = 2
+# Slurm holds a requeued job for this (+1 s) so that its old instance has ended before the new
+# one starts (the default, 120 s, made the requeue tests wait; a restart forced earlier with
+# `scontrol update StartTime=now` fails with 'Job credential revoked')
+CRED_EXPIRE = 20
 
 CONF = """ClusterName=mmtlalign-ci
 SlurmctldHost={host}(127.0.0.1)
@@ -50,6 +54,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=3600
 KillWait=30
+AuthInfo=cred_expire={cred_expire}
 {gres_types}NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN
 PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
@@ -133,6 +138,7 @@ class SlurmCluster:
         with open(self.conf, 'w') as f:
             f.write(CONF.format(host=self.host, dir=d, ctld_port=_port(), d_port=_port(),
                                 gres_types=gres_types, gres=gres_node, cpus=CPUS,
+                                cred_expire=CRED_EXPIRE,
                                 partition=PARTITION))
 
     def start(self, gres=0):

@@ -14,7 +14,8 @@ A submission run:
   the scheduler (``squeue``; ``scontrol show job`` / ``sacct`` for jobs that have left the
   queue) and the job's own record (``benchmark_job.json``, written by the job script when
   training ends) what became of it: pending (with the reason) / running / done / failed (with
-  the reason and the log tail) / vanished (left the queue without a record);
+  the reason and the log tail) / vanished (left the queue without a record) / stopped (saved
+  at a signal, but Slurm did not run the job again: resubmitted, by ``wait`` as well);
 - collects finished cells (metrics from their logs, as the local runner does);
 - submits every cell that is not done or queued (new, failed or vanished; the job resumes with
   ``--resume`` when the work dir has a checkpoint), at most ``max_jobs`` queued at once;
@@ -45,6 +46,7 @@ REQUEUE_EXIT = 75  # mmtlalign.engine.preemption.REQUEUE_EXIT (not imported: no 
 ACTIVE = {'PENDING', 'RUNNING', 'CONFIGURING', 'COMPLETING', 'REQUEUED', 'REQUEUE_HOLD',
           'REQUEUE_FED', 'RESIZING', 'SUSPENDED', 'STAGE_OUT', 'SIGNALING'}
 NEVER = ('DependencyNeverSatisfied',)
+MAX_RESTARTS = 20  # resubmissions of a cell stopped at a signal, per run of the command
 
 
 def _run(argv, timeout=60):
@@ -145,16 +147,21 @@ def job_script(cell, launcher, gres):
     lines += [
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
         '# SIGTERM (pre-emption, scontrol requeue, scancel): training saves and exits; wait',
-        "trap 'echo \"# SIGTERM: waiting for training to save and stop\"' TERM",
+        'REQUEUEING=',
+        "trap '[[ -z $REQUEUEING ]] && echo \"# SIGTERM: waiting for training to save and"
+        " stop\"' TERM",
         'rc=0',
         train + ' || rc=$?',
+        # recorded before the requeue: should Slurm not restart this job (requeue refused,
+        # the restart failed), the record tells tools/benchmark.py to resubmit the cell
+        record,
         f'if [[ $rc -eq {REQUEUE_EXIT} ]]; then',
         '  echo "# stopped at a signal with a checkpoint saved: requeueing job $SLURM_JOB_ID"',
+        '  REQUEUEING=1',
         '  scontrol requeue "$SLURM_JOB_ID" && { sleep 300; exit 0; }',
-        '  echo "# scontrol requeue did not requeue the job (Slurm may be requeueing it'
-        ' already); otherwise run tools/benchmark.py again to resubmit" >&2',
+        '  echo "# scontrol requeue did not requeue the job: tools/benchmark.py resubmits'
+        ' the cell with --resume" >&2',
         'fi',
-        record,
         'exit $rc',
     ]
     return '\n'.join(lines) + '\n'
@@ -214,6 +221,7 @@ class SlurmSuite:
         self.collect = collect  # cell -> result dict (runner.cell_result)
         self.status = {}  # cell work dir -> (state, detail)
         self.submitted_here = set()
+        self.restarts = {}  # cell work dir -> resubmissions of a stopped cell by this run
         self._gres = None
 
     def gres(self, dry_run=False):
@@ -243,9 +251,8 @@ class SlurmSuite:
                 continue
             info = known.get(job)
             if not (info and info['state'] in ACTIVE) and not self._settled(cell, job):
-                # no record of how it ended: a job that requeues itself shows an ended state
-                # (FAILED) for a moment, then is pending
-                # again; look again for a few seconds
+                # no final record: the job may be between its requeue and its return to the
+                # queue; look again for a few seconds
                 for _ in range(4):
                     time.sleep(3)
                     info = query([job]).get(job)
@@ -285,6 +292,11 @@ class SlurmSuite:
                              slurm=marker.get('slurm'))
                 cell.state, cell.result = 'done', result
                 return ('done', '')
+            if record.get('rc') == REQUEUE_EXIT:
+                # saved at a signal, but Slurm did not run the job again (requeue refused, or
+                # the restart failed): resubmitted with --resume, by --wait as well
+                return ('stopped', f'job {job} stopped at a signal with a checkpoint saved '
+                        f'and was not restarted ({info["state"] if info else "gone"})')
             why = f'exit code {record.get("rc")}'
         elif info is not None:
             why = f'{info["state"]}' + (f', exit code {info["exit_code"]}'
@@ -304,9 +316,12 @@ class SlurmSuite:
         submitted = 0
         for cell in self.cells:
             state, _ = self.status[cell.work_dir]
-            if state not in ('new', 'partial', 'failed', 'vanished'):
+            if state not in ('new', 'partial', 'failed', 'vanished', 'stopped'):
                 continue
-            if cell.work_dir in self.submitted_here:
+            if state == 'stopped':
+                if self.restarts.get(cell.work_dir, 0) >= MAX_RESTARTS:
+                    continue
+            elif cell.work_dir in self.submitted_here:
                 continue  # a cell that failed after its submission by this run stays failed
             dependency = None
             if cell.parent is not None:
@@ -323,7 +338,25 @@ class SlurmSuite:
             submitted += 1
         return submitted
 
+    def _retire(self, cell):
+        """Before a stopped cell is resubmitted: its old job must not come back beside the new
+        one, and cells queued after the old job wait for the new one instead."""
+        old = str(self._job(cell))
+        self.echo(f'{cell.name}: {self.status[cell.work_dir][1]}: resubmitting it (it resumes '
+                  'from that checkpoint)')
+        _run(['scancel', old])
+        self.restarts[cell.work_dir] = self.restarts.get(cell.work_dir, 0) + 1
+        for child in self.cells:
+            slurm = (read_marker(child.work_dir) or {}).get('slurm') or {}
+            if child.parent is cell and str(slurm.get('dependency')) == old and \
+                    self.status[child.work_dir][0] == 'pending':
+                _run(['scancel', str(slurm.get('job_id'))])
+                self.status[child.work_dir] = ('partial', '')
+                self.submitted_here.discard(child.work_dir)
+
     def _submit(self, cell, dependency, dry_run):
+        if self.status[cell.work_dir][0] == 'stopped' and not dry_run:
+            self._retire(cell)
         gres = self.gres(dry_run)
         script = job_script(cell, self.launcher, gres)
         opts = sbatch_options(cell, self.launcher, gres, dependency)
@@ -377,7 +410,7 @@ class SlurmSuite:
     def show_failures(self):
         for cell in self.cells:
             state, detail = self.status[cell.work_dir]
-            if state in ('failed', 'vanished'):
+            if state in ('failed', 'vanished', 'stopped'):
                 self.echo(f'{cell.name}: {state}: {detail}; last lines of '
                           f'{osp.relpath(osp.join(cell.work_dir, launching.LOG))}:\n' +
                           launching.log_tail(cell))
@@ -405,7 +438,8 @@ class SlurmSuite:
                     last = line.split(' ', 1)[1]
             self.echo(self.table())
             self.show_failures()
-        return [c for c in self.cells if self.status[c.work_dir][0] in ('failed', 'vanished')]
+        return [c for c in self.cells
+                if self.status[c.work_dir][0] in ('failed', 'vanished', 'stopped')]
 
     def all_done(self):
         return all(s == 'done' for s, _ in self.status.values())
