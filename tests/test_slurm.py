@@ -217,6 +217,11 @@ def squeue(cluster):
     return [line.split('|') for line in r.stdout.splitlines() if line.strip()]
 
 
+# no periodic checkpoint before the end: what a restarted job resumes from is its save at the
+# signal
+NO_PERIODIC_CHECKPOINT = "cfg_options = {'default_hooks.checkpoint.interval': 100}\n"
+
+
 def markers(work):
     out = {}
     for path in sorted(glob.glob(osp.join(work, '*', '*', 'benchmark_cell.json'))):
@@ -435,7 +440,7 @@ def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_clust
     # no periodic checkpoint before the end: what the requeued job resumes from is the save
     # that the signal made
     suite = env.suite('one', seeds=(0,), arms=arms,
-                      downstream="cfg_options = {'default_hooks.checkpoint.interval': 100}\n")
+                      downstream=NO_PERIODIC_CHECKPOINT)
     full, requeued = osp.join(env.tmp, 'uninterrupted'), osp.join(env.tmp, 'requeued')
     ok(env.benchmark(suite, full))
     out = ok(env.benchmark(suite, requeued, SLOW_SECONDS='1.5'))  # sbatch exports it
@@ -470,7 +475,7 @@ def test_cell_at_a_short_time_limit_requeues_itself_and_ends_bitwise_equal(env, 
     requeues itself (as often as it takes), and the result equals the uninterrupted run."""
     arms = [dict(name='tlalign', config=env.tlalign)]
     suite = env.suite('one', seeds=(0,), arms=arms,
-                      downstream="cfg_options = {'default_hooks.checkpoint.interval': 100}\n")
+                      downstream=NO_PERIODIC_CHECKPOINT)
     full, limited = osp.join(env.tmp, 'uninterrupted'), osp.join(env.tmp, 'time_limited')
     if not osp.isfile(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth')):
         ok(env.benchmark(suite, full, '--wait', timeout=900))
@@ -499,13 +504,18 @@ def test_cell_at_a_short_time_limit_requeues_itself_and_ends_bitwise_equal(env, 
 def test_cell_stopped_at_a_signal_but_not_requeued_is_resubmitted_by_wait(env, cpu_cluster):
     """A job that saved at a signal but that Slurm does not run again (here: --no-requeue, so
     the script's `scontrol requeue` is refused) is resubmitted with --resume by the same
-    --wait, and still ends equal to the uninterrupted run."""
+    --wait, and still ends equal to the uninterrupted run; its downstream cell, queued after
+    the old job, waits for the new one and starts from the final checkpoint."""
     arms = [dict(name='tlalign', config=env.tlalign)]
-    suite = env.suite('one', seeds=(0,), arms=arms,
-                      downstream="cfg_options = {'default_hooks.checkpoint.interval': 100}\n")
     full, stopped = osp.join(env.tmp, 'uninterrupted'), osp.join(env.tmp, 'not_requeued')
     if not osp.isfile(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth')):
+        suite = env.suite('one', seeds=(0,), arms=arms, downstream=NO_PERIODIC_CHECKPOINT)
         ok(env.benchmark(suite, full, '--wait', timeout=900))
+    downstream = (f"downstream = [dict(name='ft', config={env.tlalign!r}, metrics=['top-1'], "
+                  "checkpoint_key='load_from', cfg_options={'train_cfg.max_iters': 2, "
+                  "'train_cfg.val_interval': 2})]\n")
+    suite = env.suite('one-ft', seeds=(0,), arms=arms,
+                      downstream=NO_PERIODIC_CHECKPOINT + downstream)
     proc = env.popen([PY, BENCHMARK, suite, '--launcher', 'slurm', '--partition', PARTITION,
                       '--gpus', '1', '--gpus-per-node', '1', '--cpus-per-task', '1',
                       '--work-dir', stopped, '--poll', '1', '--wait',
@@ -521,6 +531,10 @@ def test_cell_stopped_at_a_signal_but_not_requeued_is_resubmitted_by_wait(env, c
     assert 'stopped at a signal with a checkpoint saved and was not restarted' in out, out
     slurm = markers(stopped)['tlalign/seed0']['slurm']
     assert slurm['history'] == [job] and slurm['job_id'] != job, slurm
+    ft = markers(stopped)['tlalign/seed0-ft']
+    assert ft['status'] == 'done' and ft['slurm']['dependency'] == slurm['job_id'], ft
+    ft_log = open(osp.join(stopped, 'tlalign', 'seed0-ft', 'benchmark_output.log')).read()
+    assert f"Load checkpoint from {osp.join(cell, 'iter_8.pth')}" in ft_log
     log = open(log_path).read()
     assert 'SIGUSR1: stopped after iteration' in log and 'did not requeue' in log, log[-3000:]
     assert_same_training(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth'),

@@ -348,8 +348,9 @@ class SlurmSuite:
         self.restarts[cell.work_dir] = self.restarts.get(cell.work_dir, 0) + 1
         for child in self.cells:
             slurm = (read_marker(child.work_dir) or {}).get('slurm') or {}
+            # (pending on the old job, or already cancelled for it: dependency never satisfied)
             if child.parent is cell and str(slurm.get('dependency')) == old and \
-                    self.status[child.work_dir][0] == 'pending':
+                    self.status[child.work_dir][0] in ('pending', 'failed'):
                 _run(['scancel', str(slurm.get('job_id'))])
                 self.status[child.work_dir] = ('partial', '')
                 self.submitted_here.discard(child.work_dir)
