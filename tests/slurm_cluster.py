@@ -14,6 +14,7 @@ and ``slurmd`` with their own state dir, ports and ``SLURM_CONF``, and stops wha
 """
 import os
 import os.path as osp
+import random
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,9 @@ CPUS = 2
 # one starts (the default, 120 s, made the requeue tests wait; a restart forced earlier with
 # `scontrol update StartTime=now` fails with 'Job credential revoked')
 CRED_EXPIRE = 20
+# Job ids start at a random number: the launchers derive MASTER_PORT from the job and step ids,
+# so two test clusters on one machine (two test sessions at once) must not both run job 1
+FIRST_JOB_IDS = (1000, 1_000_000)
 
 CONF = """ClusterName=mmtlalign-ci
 SlurmctldHost={host}(127.0.0.1)
@@ -55,6 +59,7 @@ ReturnToService=2
 MinJobAge=3600
 KillWait=30
 AuthInfo=cred_expire={cred_expire}
+FirstJobId={first_job_id}
 {gres_types}NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN
 PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
@@ -139,6 +144,7 @@ class SlurmCluster:
             f.write(CONF.format(host=self.host, dir=d, ctld_port=_port(), d_port=_port(),
                                 gres_types=gres_types, gres=gres_node, cpus=CPUS,
                                 cred_expire=CRED_EXPIRE,
+                                first_job_id=random.randrange(*FIRST_JOB_IDS),
                                 partition=PARTITION))
 
     def start(self, gres=0):

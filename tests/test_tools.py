@@ -107,6 +107,27 @@ def test_dist_train_two_cpu_processes(imagenet, deit_config, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
 
 
+def test_slurm_job_steps_on_one_node_get_distinct_master_ports(monkeypatch):
+    """Jobs that share a node have nearby ids: none of their first steps may listen on the
+    same MASTER_PORT, and every port stays below the kernel's ephemeral range."""
+    from mmtlalign.cli.launch import slurm_master_port
+
+    def port(job, step):
+        monkeypatch.delenv('MASTER_PORT', raising=False)
+        monkeypatch.setenv('SLURM_JOB_ID', str(job))
+        monkeypatch.setenv('SLURM_STEP_ID', str(step))
+        slurm_master_port()
+        return int(os.environ['MASTER_PORT'])
+
+    nearby = [port(job, step) for job in range(987_600, 987_718) for step in range(4)]
+    assert len(set(nearby)) == len(nearby)
+    assert all(20000 <= p < 32768 for p in nearby)
+    assert len({port(job, 0) for job in range(5_000, 17_000)}) == 12_000
+    monkeypatch.setenv('MASTER_PORT', '29999')  # the user's own port is kept
+    slurm_master_port()
+    assert os.environ['MASTER_PORT'] == '29999'
+
+
 @pytest.mark.slow
 def test_missing_config_is_a_clear_error(tmp_path):
     result = run_tool([PY, 'tools/train.py', 'configs/tlalign/no_such_config.py'])

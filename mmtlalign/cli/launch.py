@@ -219,16 +219,25 @@ def _annotation_path(ds):
     return ann if osp.isabs(ann) or not root else osp.join(root, ann)
 
 
+#: MASTER_PORTs of Slurm job steps: below Linux's ephemeral range (32768-60999), where an
+#: outgoing connection could already hold the port
+PORT_BASE, PORT_SPAN = 20000, 12000
+#: prime to PORT_SPAN: jobs with nearby ids (those that share a node) get ports far apart
+PORT_STRIDE = 101
+
+
 def slurm_master_port():
     """A ``MASTER_PORT`` of this Slurm job step, unless one is set: two jobs (or two steps of
     one job) on the same node then do not both listen on mmengine's default 29500. Every task
-    of a step computes the same port from the job and step ids."""
+    of a step computes the same port from the job and step ids: jobs whose ids differ by less
+    than 118 never share one (nor do the first 101 steps of a job), and the first steps of two
+    jobs only when their ids differ by a multiple of 12000."""
     if 'MASTER_PORT' in os.environ or 'SLURM_JOB_ID' not in os.environ:
         return
     job = int(os.environ['SLURM_JOB_ID'])
     step = os.environ.get('SLURM_STEP_ID', '0')
-    step = int(step) % 100 if step.isdigit() else 0  # 'batch' in the batch script
-    os.environ['MASTER_PORT'] = str(20000 + (job * 100 + step) % 30000)
+    step = int(step) % PORT_STRIDE if step.isdigit() else 0  # 'batch' in the batch script
+    os.environ['MASTER_PORT'] = str(PORT_BASE + (job * PORT_STRIDE + step) % PORT_SPAN)
 
 
 def _slurm_env_to_torch_env():
