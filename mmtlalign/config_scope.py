@@ -9,7 +9,8 @@ before they read a config) teaches :meth:`mmengine.config.Config._get_cfg_path` 
 * ``mmtlalign::<path under configs/>``, e.g. ``'mmtlalign::tlalign/deit-s_8xb128.py'``, or a
   config's bare name when it is unique, e.g. ``'mmtlalign::deit-s_8xb128.py'``;
 * the file is found where :func:`mmtlalign.cli.paths.project_root` finds ``configs/`` (the
-  checkout of an editable install, or ``mmtlalign/.mim`` of a wheel);
+  checkout of an editable install, or ``mmtlalign/.mim`` of a wheel), and only there: a name
+  that leads out of ``configs/`` (``..``, an absolute path, a symlink) is refused in one line;
 * the base is inherited exactly as a path would be (no ``_scope_`` is added: our configs set
   ``default_scope`` themselves and their inherited parts carry the upstream scopes).
 
@@ -24,16 +25,29 @@ from typing import Optional, Tuple
 PREFIX = 'mmtlalign::'
 
 
+def _inside(root: str, path: str) -> bool:
+    """Whether ``path``, symlinks and ``..`` resolved, lies under ``root`` (resolved too)."""
+    root, path = osp.realpath(root), osp.realpath(path)
+    return osp.commonpath([root, path]) == root
+
+
 def resolve(name: str) -> str:
-    """The file of ``mmtlalign::<name>``; FileNotFoundError (one line) when there is none."""
+    """The file of ``mmtlalign::<name>``, always under ``configs/``; FileNotFoundError (one
+    line) when there is none, or when ``name`` leads out of ``configs/`` (``..``, an absolute
+    path, a symlink): a config that a scoped name reaches is one the package ships."""
     from .cli.paths import project_root
     root = osp.join(project_root(), 'configs')
-    path = osp.join(root, name)
+    path = osp.join(root, name)  # an absolute name replaces root here: checked below
+    if not _inside(root, path):
+        raise FileNotFoundError(
+            f"'{PREFIX}{name}' points outside {root}: '{PREFIX}' names only the configs "
+            "mmtlalign ships (a path under configs/); give a file elsewhere by its plain path")
     if osp.isfile(path):
         return path
     if '/' not in name:  # a bare config name, as mim takes them
-        base = name if name.endswith('.py') else name + '.py'
-        matches = sorted(glob.glob(osp.join(root, '**', base), recursive=True))
+        base = glob.escape(name if name.endswith('.py') else name + '.py')
+        matches = sorted(m for m in glob.glob(osp.join(root, '**', base), recursive=True)
+                         if _inside(root, m))
         if len(matches) == 1:
             return matches[0]
         if matches:

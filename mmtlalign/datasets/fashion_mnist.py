@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from urllib.parse import urljoin
 
 from mmpretrain.datasets import FashionMNIST
@@ -44,6 +45,8 @@ FILES = {
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # 0x0803: uint8, 3 dims; 0x0801: uint8, 1 dim
 NUM_CLASSES = 10
+#: images (or labels) in Fashion-MNIST's larger split; no idx header may claim more
+MAX_COUNT = 60000
 
 
 class FashionMNISTError(RuntimeError):
@@ -68,33 +71,50 @@ def is_prepared(root):
 def read_idx_header(path):
     """(magic, dims) of an uncompressed idx file; :class:`FashionMNISTError` if it is none."""
     with open(path, 'rb') as f:
-        head = f.read(4)
-        if len(head) < 4:
-            raise FashionMNISTError(f'{path}: empty or truncated, not an idx file.')
-        magic = struct.unpack('>I', head)[0]
-        if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
-            raise FashionMNISTError(
-                f'{path}: magic number {magic:#010x} is not that of an idx uint8 image '
-                f'({IMAGE_MAGIC:#010x}) or label ({LABEL_MAGIC:#010x}) file. Is it still '
-                'gzip-compressed, or not Fashion-MNIST?')
-        ndim = magic & 0xFF
-        raw = f.read(4 * ndim)
-        if len(raw) < 4 * ndim:
-            raise FashionMNISTError(f'{path}: truncated idx header.')
-        return magic, struct.unpack(f'>{ndim}I', raw)
+        return _read_header(path, f)
+
+
+def _read_header(src, f):
+    """(magic, dims) from the start of the (decompressed) idx stream ``f``, reading only the
+    header."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise FashionMNISTError(f'{src}: empty or truncated, not an idx file.')
+    magic = struct.unpack('>I', head)[0]
+    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
+        raise FashionMNISTError(
+            f'{src}: magic number {magic:#010x} is not that of an idx uint8 image '
+            f'({IMAGE_MAGIC:#010x}) or label ({LABEL_MAGIC:#010x}) file. Is it still '
+            'gzip-compressed, or not Fashion-MNIST?')
+    ndim = magic & 0xFF
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise FashionMNISTError(f'{src}: truncated idx header.')
+    return magic, struct.unpack(f'>{ndim}I', raw)
+
+
+def expected_size(src, kind, magic, dims):
+    """Bytes of the uncompressed idx ``kind`` file ('images' or 'labels') that header
+    ``(magic, dims)`` describes; :class:`FashionMNISTError` when it is not a Fashion-MNIST
+    header: another kind, images other than 28x28, or more than :data:`MAX_COUNT` items (so a
+    header cannot ask for more than Fashion-MNIST's own size)."""
+    want = IMAGE_MAGIC if kind == 'images' else LABEL_MAGIC
+    if magic != want:
+        raise FashionMNISTError(f'{src}: expected an idx {kind} file (magic {want:#010x}), '
+                                f'found magic {magic:#010x}.')
+    if kind == 'images' and tuple(dims[1:]) != (28, 28):
+        raise FashionMNISTError(f'{src}: images are {"x".join(map(str, dims[1:]))}, '
+                                "Fashion-MNIST's are 28x28.")
+    if dims[0] > MAX_COUNT:
+        raise FashionMNISTError(f'{src}: its header claims {dims[0]} {kind}, more than '
+                                f"Fashion-MNIST's larger split ({MAX_COUNT}).")
+    return 4 + 4 * len(dims) + int(_prod(dims))
 
 
 def check_idx_file(path, kind):
     """Check one uncompressed idx file of ``kind`` ('images' or 'labels'); returns its count."""
     magic, dims = read_idx_header(path)
-    want = IMAGE_MAGIC if kind == 'images' else LABEL_MAGIC
-    if magic != want:
-        raise FashionMNISTError(f'{path}: expected an idx {kind} file (magic {want:#010x}), '
-                                f'found magic {magic:#010x}.')
-    if kind == 'images' and tuple(dims[1:]) != (28, 28):
-        raise FashionMNISTError(f'{path}: images are {dims[1]}x{dims[2]}, Fashion-MNIST\'s '
-                                'are 28x28.')
-    expected = 4 + 4 * len(dims) + int(_prod(dims))
+    expected = expected_size(path, kind, magic, dims)
     actual = osp.getsize(path)
     if actual != expected:
         raise FashionMNISTError(f'{path}: {actual} bytes, but its header ({dims}) needs '
@@ -138,9 +158,35 @@ def _find_source_file(folder, name):
     return None
 
 
+def _copy_checked(src, kind, partial):
+    """Decompress (or copy) ``src`` into ``partial``, its header first: the magic and the
+    dimensions give the exact size of the file (:func:`expected_size`), and the copy stops one
+    byte past it, so a gzip bomb, or a header that claims billions of images, costs at most
+    Fashion-MNIST's own size, never the whole stream."""
+    opener = gzip.open if src.endswith('.gz') else open
+    try:
+        with opener(src, 'rb') as fin, open(partial, 'wb') as fout:
+            magic, dims = _read_header(src, fin)
+            expected = expected_size(src, kind, magic, dims)
+            fout.write(struct.pack(f'>I{len(dims)}I', magic, *dims))
+            left = expected - (4 + 4 * len(dims)) + 1  # one byte more shows a longer stream
+            while left > 0:
+                chunk = fin.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                left -= len(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise FashionMNISTError(f'cannot read {src}: {e}') from e
+    if left == 0:
+        raise FashionMNISTError(f'{src}: longer than its header ({dims}) says ({expected} '
+                                'bytes); corrupt, or not Fashion-MNIST.')
+
+
 def install_from_folder(folder, root):
     """Decompress (or copy) the four idx files from ``folder`` into ``root`` and check them.
 
+    Each file's idx header is checked before its data are read (:func:`_copy_checked`).
     Returns False (and changes nothing) when ``folder`` lacks any of them.
     """
     sources = {name: _find_source_file(folder, name) for name in FILES}
@@ -153,16 +199,12 @@ def install_from_folder(folder, root):
         _say(f'  [{i}/{len(FILES)}] {osp.basename(src)} -> {osp.join(root, name)} '
              f'({done * 100 // max(total, 1)}% of {total / 1e6:.1f} MB done)')
         partial = osp.join(root, name + '.partial')
-        opener = gzip.open if src.endswith('.gz') else open
         try:
-            with opener(src, 'rb') as fin, open(partial, 'wb') as fout:
-                shutil.copyfileobj(fin, fout, length=1 << 20)
-        except (OSError, EOFError) as e:
-            raise FashionMNISTError(f'cannot read {src}: {e}') from e
-        try:
+            _copy_checked(src, FILES[name], partial)
             check_idx_file(partial, FILES[name])
         except FashionMNISTError as e:
-            os.remove(partial)
+            if osp.lexists(partial):
+                os.remove(partial)
             raise FashionMNISTError(f'{src}: {str(e).split(": ", 1)[-1]}') from None
         os.replace(partial, osp.join(root, name))
         done += osp.getsize(src)

@@ -21,11 +21,19 @@ The class lists are timm's (``timm/data/_info/``: ``imagenet_synsets.txt``, the 
 index order, and ``imagenet_{a,r}_synsets.txt``), read rather than typed in here. A missing or
 empty ``data_root`` raises :class:`RobustnessSetMissing` (a :class:`UserInputError`) naming the
 set and how to point at it.
+
+The sets are downloaded from third parties, so their images are input: the pipeline's
+``LoadImageFromFile`` is made the checked loader of :mod:`mmtlalign.engine.data_checks`
+(``CheckedLoadImageFromFile``, by its registry name), which names a truncated or undecodable
+image and refuses a decompression bomb from its header, before any decoder allocates it.
+(The evaluation stages build these loaders without a Runner, so no ``DataCheckHook`` is there
+to do it.)
 """
 import os
 import os.path as osp
 from functools import lru_cache
 
+from mmcv.transforms import LoadImageFromFile
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
 
@@ -76,6 +84,14 @@ def _class_folders(root):
     return sorted(d for d in os.listdir(root) if osp.isdir(osp.join(root, d)))
 
 
+def checked_pipeline(pipeline):
+    """``pipeline`` (transform configs) with mmcv's plain ``LoadImageFromFile`` made
+    ``CheckedLoadImageFromFile``, its settings kept."""
+    plain = ('LoadImageFromFile', 'mmcv.LoadImageFromFile', LoadImageFromFile)
+    return [dict(t, type='CheckedLoadImageFromFile')
+            if isinstance(t, dict) and t.get('type') in plain else t for t in pipeline]
+
+
 def check_root(name, data_root, hint=''):
     """``data_root`` as an absolute path; :class:`RobustnessSetMissing` if it is not there."""
     root = osp.abspath(osp.expanduser(data_root or ''))
@@ -98,7 +114,7 @@ class _ImageNetVariant(BaseDataset):
         if self.SUBSET:
             metainfo['subset_indices'] = subset_indices(self.SUBSET)
         super().__init__(ann_file='', data_root=self.root, data_prefix='', metainfo=metainfo,
-                         pipeline=pipeline, test_mode=True, **kwargs)
+                         pipeline=checked_pipeline(pipeline), test_mode=True, **kwargs)
 
     @property
     def subset_indices(self):

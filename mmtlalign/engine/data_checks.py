@@ -7,16 +7,22 @@ Without these checks, in mmengine/mmpretrain:
 - a truncated JPEG is decoded silently by OpenCV (the default decoder) with the missing part
   filled in grey, and trains;
 - a class folder without images (folder-scan datasets, no annotation file) only logs a warning:
-  the class keeps its label index but has no training data.
+  the class keeps its label index but has no training data;
+- a decompression bomb (a small PNG or JPEG whose header claims e.g. 60000x60000 pixels) is
+  decoded in full: OpenCV allows up to 2^30 pixels (3 GiB as BGR) per image and data-loader
+  worker; Pillow only warns below twice its ``Image.MAX_IMAGE_PIXELS``.
 
 :class:`DataCheckHook` (enabled in the TL-Align configs) checks, before the first iteration, that
 every image the datasets list exists and that no class folder is empty, and replaces mmcv's
 ``LoadImageFromFile`` in the dataset pipelines with :class:`CheckedLoadImageFromFile`, which
-rejects truncated and undecodable images by name. With ``on_error='skip'`` problems are logged
+rejects truncated, undecodable and oversized images by name (the size read from the image's
+header before decoding, for every decoder backend). With ``on_error='skip'`` problems are logged
 and the samples skipped (mmengine then draws another sample in their place) instead of raised.
 """
+import io
 import logging
 import os.path as osp
+import warnings
 
 import mmcv
 import mmengine.fileio as fileio
@@ -25,12 +31,16 @@ from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS, TRANSFORMS
+from PIL import Image
 
 from ._loader import restart_train_iterator
 
 ON_ERROR = ('raise', 'skip')
 JPEG_SOI, JPEG_EOI = b'\xff\xd8', b'\xff\xd9'
 PNG_SIGNATURE, PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND'
+#: the most pixels an image may have: Pillow's default ``Image.MAX_IMAGE_PIXELS`` (0.25 GiB as
+#: RGB; ImageNet's largest images have ~30 million), here an error rather than a warning
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 
 class DataError(Exception):
@@ -54,29 +64,55 @@ def image_bytes_problem(data):
     return None
 
 
+def image_size_problem(data, max_pixels=MAX_IMAGE_PIXELS):
+    """Why these image bytes would decode to more than ``max_pixels`` pixels (a decompression
+    bomb), or None. Reads the header only (Pillow's lazy open), whatever decoder follows;
+    formats Pillow does not know are left to the decoder (OpenCV caps them at 2^30 pixels).
+    Beyond twice Pillow's own ``Image.MAX_IMAGE_PIXELS`` Pillow refuses to open the file at all:
+    raise that too for such images."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as e:
+        return f'image too large to decode ({e})'
+    except Exception:  # noqa: BLE001  (not an image Pillow knows: the decoder will tell)
+        return None
+    if max_pixels is not None and width * height > max_pixels:
+        return (f'image too large to decode: {width}x{height} = {width * height} pixels, over '
+                f'the limit of {max_pixels} (a decompression bomb? if genuine, raise max_pixels '
+                'of DataCheckHook)')
+    return None
+
+
 @TRANSFORMS.register_module()
 class CheckedLoadImageFromFile(LoadImageFromFile):
-    """mmcv's ``LoadImageFromFile`` that names the file of a missing, empty, truncated or
-    undecodable image, and raises :class:`DataError` or (``on_error='skip'``) logs it and
-    returns None, which makes mmengine's dataset load another sample instead.
+    """mmcv's ``LoadImageFromFile`` that names the file of a missing, empty, truncated,
+    undecodable or oversized image, and raises :class:`DataError` or (``on_error='skip'``) logs
+    it and returns None, which makes mmengine's dataset load another sample instead.
 
     Args:
         on_error (str): ``'raise'`` or ``'skip'``.
+        max_pixels (int, optional): refuse images with more pixels (width x height, read from
+            the header before decoding); None: no limit of ours.
         **kwargs: those of ``LoadImageFromFile``.
     """
 
-    def __init__(self, on_error='raise', **kwargs):
+    def __init__(self, on_error='raise', max_pixels=MAX_IMAGE_PIXELS, **kwargs):
         if on_error not in ON_ERROR:
             raise ValueError(f'on_error must be one of {ON_ERROR}, got {on_error!r}')
         super().__init__(**kwargs)
         self.on_error = on_error
+        self.max_pixels = max_pixels
 
     @classmethod
-    def from_loader(cls, loader, on_error='raise'):
+    def from_loader(cls, loader, on_error='raise', max_pixels=MAX_IMAGE_PIXELS):
         """The checked version of an existing ``LoadImageFromFile`` (same settings)."""
         new = cls.__new__(cls)
         new.__dict__.update(loader.__dict__)
         new.on_error = on_error
+        new.max_pixels = max_pixels
         return new
 
     def _bad(self, filename, reason):
@@ -100,7 +136,8 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
             return self._bad(filename, 'image file does not exist')
         except OSError as e:
             return self._bad(filename, f'cannot read image file ({e.strerror or e})')
-        problem = image_bytes_problem(img_bytes)
+        problem = (image_bytes_problem(img_bytes)
+                   or image_size_problem(img_bytes, self.max_pixels))
         if problem:
             return self._bad(filename, problem)
         try:
@@ -118,7 +155,8 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         return results
 
     def __repr__(self):
-        return super().__repr__()[:-1] + f", on_error='{self.on_error}')"
+        return (super().__repr__()[:-1]
+                + f", on_error='{self.on_error}', max_pixels={self.max_pixels})")
 
 
 def _leaf_datasets(dataset):
@@ -178,7 +216,8 @@ class DataCheckHook(Hook):
     per image, split over the processes: seconds for ImageNet on a local disk), and no class
     folder may be empty. In the
     pipelines: ``LoadImageFromFile`` becomes :class:`CheckedLoadImageFromFile` (truncated and
-    undecodable images are named; costs one byte search per image).
+    undecodable images are named, and images over ``max_pixels`` refused from their header;
+    costs one byte search and one header parse per image).
 
     Args:
         on_error (str): ``'raise'`` (default): stop with :class:`DataError` naming the file or
@@ -186,10 +225,13 @@ class DataCheckHook(Hook):
             other sample in its place; a class folder without images stays without them).
         check_files (bool): the existence and empty-folder checks before the run.
         check_images (bool): replace ``LoadImageFromFile`` with the checked loader.
+        max_pixels (int, optional): the checked loader's limit on width x height (default:
+            Pillow's default ``MAX_IMAGE_PIXELS``, 89.5 million); None: none of ours.
     """
     priority = 'VERY_HIGH'
 
-    def __init__(self, on_error='raise', check_files=True, check_images=True, max_listed=5):
+    def __init__(self, on_error='raise', check_files=True, check_images=True, max_listed=5,
+                 max_pixels=MAX_IMAGE_PIXELS):
         if on_error not in ON_ERROR:
             raise ValueError(f'DataCheckHook on_error must be one of {ON_ERROR}, '
                              f'got {on_error!r}')
@@ -197,6 +239,7 @@ class DataCheckHook(Hook):
         self.check_files = check_files
         self.check_images = check_images
         self.max_listed = max_listed
+        self.max_pixels = max_pixels
 
     def _loops(self, runner):
         from mmengine.runner.base_loop import BaseLoop
@@ -242,9 +285,11 @@ class DataCheckHook(Hook):
         changed = False
         for i, t in enumerate(transforms or []):
             if type(t) is LoadImageFromFile:
-                transforms[i] = CheckedLoadImageFromFile.from_loader(t, self.on_error)
+                transforms[i] = CheckedLoadImageFromFile.from_loader(t, self.on_error,
+                                                                     self.max_pixels)
                 changed = True
-            elif isinstance(t, CheckedLoadImageFromFile) and t.on_error != self.on_error:
-                t.on_error = self.on_error
+            elif isinstance(t, CheckedLoadImageFromFile) and (
+                    (t.on_error, t.max_pixels) != (self.on_error, self.max_pixels)):
+                t.on_error, t.max_pixels = self.on_error, self.max_pixels
                 changed = True
         return changed
