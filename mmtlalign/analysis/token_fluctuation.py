@@ -11,7 +11,7 @@ with the area share, the label plain CutMix would use. It writes to ``--out-dir`
 ``token_fluctuation/`` next to the checkpoint):
 
 - ``layer_drift.png``: how far the output label drifts from the area label, block by block
-  (mean and 10-90% band of |share - area share|; individual images' signed drift);
+  (mean and 10-90% band of ``|share - area share|``; individual images' signed drift);
 - ``share_scatter.png``: final aligned share against area share, and the model's own predicted
   partner fraction against both;
 - ``share_maps.png``: per-block partner-share maps drawn over the mixed input images;

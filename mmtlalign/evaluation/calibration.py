@@ -2,7 +2,7 @@
 confidence bins, torchmetrics' ``MulticlassCalibrationError``), negative log-likelihood (torch's
 cross entropy of the logits) and the reliability diagram's bins.
 
-ECE = sum over bins b of |B_b|/N * |acc(B_b) - conf(B_b)|, where conf is the top-1 softmax
+``ECE = sum over bins b of |B_b|/N * |acc(B_b) - conf(B_b)|``, where conf is the top-1 softmax
 probability and acc whether the top-1 class is right (Guo et al., ICML 2017). A perfectly
 calibrated model is right 70% of the time when it says 70%; the reliability diagram plots
 acc(B_b) against conf(B_b).

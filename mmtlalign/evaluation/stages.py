@@ -3,29 +3,30 @@
 
 A stage spec is a dict ``dict(kind=..., name=..., **params)``; ``name`` defaults to the kind.
 
-==============  ========================================================  =====================
-kind            what it measures                                          metrics (table)
-==============  ========================================================  =====================
-occlusion       top-1 with a fraction (``fractions``, default 0.1..0.9)   ``occlusion AUC``
-                of the patch tokens blanked (``patch_size``: default the
-                backbone's); the curve and the area under it, over the
-                fractions' range, as a mean top-1 (%)
-patch_shuffle   top-1 with the image cut in ``g x g`` blocks and the      ``shuffle 2x2 top-1``,
-                blocks permuted (``grids``, default 2 and 4)              ``shuffle 4x4 top-1``
-corruption      top-1 under the 15 ImageNet-C corruptions at severities   ``corruption error``
-                1-5 computed on the fly (``corruptions``, ``severities``,
-                ``num_images``); the mean top-1 error over all of them
-calibration     ECE (15 bins, torchmetrics) and NLL of the clean set,     ``ECE``, ``NLL``
-                and the reliability diagram
-imagenet_v2     top-1 on ImageNet-V2 (``data_root``)                      ``ImageNet-V2 top-1``
-imagenet_a      top-1 on ImageNet-A over its 200 classes' logits          ``ImageNet-A top-1``
-imagenet_r      top-1 on ImageNet-R over its 200 classes' logits          ``ImageNet-R top-1``
-imagenet_sketch top-1 on ImageNet-Sketch                                  ``ImageNet-Sketch
-                                                                          top-1``
-imagenet_c      top-1 per corruption and severity on ImageNet-C; mean     ``ImageNet-C mCE``,
-                corruption error, normalised by AlexNet's and not         ``ImageNet-C mCE
-                                                                          (unnorm.)``
-==============  ========================================================  =====================
+===============  ========================================================  =====================
+kind             what it measures                                          metrics (table)
+===============  ========================================================  =====================
+occlusion        top-1 with a fraction (``fractions``, default 0.1..0.9)   ``occlusion AUC``
+                 of the patch tokens blanked (``patch_size``: default the
+                 backbone's); the curve and the area under it, over the
+                 fractions' range, as a mean top-1 (%)
+patch_shuffle    top-1 with the image cut in ``g x g`` blocks and the      ``shuffle 2x2 top-1``,
+                 blocks permuted (``grids``, default 2 and 4)              ``shuffle 4x4 top-1``
+corruption       top-1 under the 15 ImageNet-C corruptions at severities   ``corruption error``
+                 1-5 computed on the fly (``corruptions``,
+                 ``severities``, ``num_images``); the mean top-1 error
+                 over all of them
+calibration      ECE (15 bins, torchmetrics) and NLL of the clean set,     ``ECE``, ``NLL``
+                 and the reliability diagram
+imagenet_v2      top-1 on ImageNet-V2 (``data_root``)                      ``ImageNet-V2 top-1``
+imagenet_a       top-1 on ImageNet-A over its 200 classes' logits          ``ImageNet-A top-1``
+imagenet_r       top-1 on ImageNet-R over its 200 classes' logits          ``ImageNet-R top-1``
+imagenet_sketch  top-1 on ImageNet-Sketch                                  ``ImageNet-Sketch
+                                                                           top-1``
+imagenet_c       top-1 per corruption and severity on ImageNet-C; mean     ``ImageNet-C mCE``,
+                 corruption error, normalised by AlexNet's and not         ``ImageNet-C mCE
+                                                                           (unnorm.)``
+===============  ========================================================  =====================
 
 Every stage uses a fixed ``seed`` (default 0) for its random draws; each image draws its own
 (see :mod:`.perturbations`), so the arms and seeds of a suite see the same perturbed images.

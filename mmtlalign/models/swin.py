@@ -154,7 +154,8 @@ class AlignedSwinTransformer(ShareTracingMixin, SwinTransformer):
 
     Args:
         residual_weight (float): r of the alignment rule. Defaults to 0.5 (the paper).
-        *args, **kwargs: those of :class:`mmpretrain.models.SwinTransformer`.
+        *args: those of :class:`mmpretrain.models.SwinTransformer`.
+        **kwargs: those of :class:`mmpretrain.models.SwinTransformer`.
     """
 
     def __init__(self, *args, residual_weight=0.5, **kwargs):

@@ -46,7 +46,8 @@ class AlignedVisionTransformer(ShareTracingMixin, VisionTransformer):
 
     Args:
         residual_weight (float): r of the alignment rule. Defaults to 0.5 (the paper).
-        *args, **kwargs: those of :class:`mmpretrain.models.VisionTransformer`.
+        *args: those of :class:`mmpretrain.models.VisionTransformer`.
+        **kwargs: those of :class:`mmpretrain.models.VisionTransformer`.
     """
 
     def __init__(self, *args, residual_weight=0.5, **kwargs):
