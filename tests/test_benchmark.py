@@ -89,11 +89,14 @@ def test_verdict_names_only_differences_beyond_the_noise():
 def test_shipped_suites_load():
     fm = load_suite('fmnist')
     assert [a.name for a in fm.arms] == ['cutmix', 'tlalign', 'transmix', 'tlalign-dense',
-                                         'origin-dense']
+                                         'origin-dense', 'mixpro', 'maskmix', 'smmix',
+                                         'tokenmix', 'tlalign-maskmix', 'tlalign-tokenmix']
     assert fm.seeds == [0, 1, 2]
     assert ('tlalign', 'cutmix') in fm.comparisons and ('tlalign', 'transmix') in fm.comparisons
     swin = load_suite('imagenet_swin-t')
-    assert [a.name for a in swin.arms] == ['cutmix', 'tlalign', 'tlalign-dense', 'origin-dense']
+    assert [a.name for a in swin.arms] == ['cutmix', 'tlalign', 'tlalign-dense', 'origin-dense',
+                                           'maskmix', 'tokenmix', 'tlalign-maskmix',
+                                           'tlalign-tokenmix']
     assert swin.arm('cutmix').reference == dict(paper=81.2, mmpretrain=81.18)
     down = load_suite('downstream_swin-t')
     assert [s.name for s in down.downstream] == ['ade20k', 'coco']
@@ -103,7 +106,9 @@ def test_shipped_suites_load():
     if osp.isfile(osp.join(ROOT, 'configs', 'tlalign', 'deit-s_8xb128_deit.py')):
         d = load_suite(deit)
         assert [a.name for a in d.arms] == ['deit', 'cutmix', 'transmix', 'tlalign',
-                                            'tlalign-dense', 'origin-dense']
+                                            'tlalign-dense', 'origin-dense', 'mixpro',
+                                            'maskmix', 'smmix', 'tokenmix', 'tlalign-maskmix',
+                                            'tlalign-tokenmix']
     # --arms / --seeds
     sub = load_suite('fmnist', arms=['cutmix', 'tlalign'], seeds=[3, 4])
     assert sub.seeds == [3, 4] and sub.comparisons == [('tlalign', 'cutmix')]

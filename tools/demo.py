@@ -27,7 +27,8 @@ EPOCHS, SUBSET, VAL_SUBSET, BATCH = 4, 20000, 2000, 32
 TRAIN_IMAGES = 60000  # in Fashion-MNIST's training split
 PATCH = 7  # the demo ViT's patch size
 #: the arms of the suite (configs/benchmarks/fmnist.py), and those the main job runs by default
-ARMS = ['cutmix', 'tlalign', 'transmix', 'tlalign-dense', 'origin-dense']
+ARMS = ['cutmix', 'tlalign', 'transmix', 'tlalign-dense', 'origin-dense', 'mixpro', 'maskmix',
+        'smmix', 'tokenmix', 'tlalign-maskmix', 'tlalign-tokenmix']
 DEFAULT_ARMS = ['cutmix', 'tlalign', 'transmix']
 
 

@@ -22,9 +22,29 @@ arms = [
          config='configs/tlalign/demo/fmnist_vit_tlalign-dense.py', baseline='cutmix'),
     dict(name='origin-dense', label='TL-Align + origin token labels',
          config='configs/tlalign/demo/fmnist_vit_origin-dense.py', baseline='cutmix'),
+    # the peers (opt-in too; docs/en/user_guides/peers.md): MixPro's MaskMix (4 x 4 cells of
+    # one token) with PAL ('mixpro') or area labels ('maskmix', MixPro as released), SMMix,
+    # TokenMix's block mask (9 of 16 tokens) with area labels, and TL-Align on both masks. Each
+    # mask replaces CutMix on every batch; recipe, initial weights and data order stay the suite's
+    dict(name='mixpro', label='MixPro (MaskMix + PAL)',
+         config='configs/tlalign/demo/fmnist_vit_mixpro.py', baseline='cutmix'),
+    dict(name='maskmix', label='MaskMix', config='configs/tlalign/demo/fmnist_vit_maskmix.py',
+         baseline='cutmix'),
+    dict(name='smmix', label='SMMix', config='configs/tlalign/demo/fmnist_vit_smmix.py',
+         baseline='cutmix'),
+    dict(name='tokenmix', label='TokenMix (block mask, area labels)',
+         config='configs/tlalign/demo/fmnist_vit_tokenmix.py', baseline='cutmix'),
+    dict(name='tlalign-maskmix', label='TL-Align on MaskMix',
+         config='configs/tlalign/demo/fmnist_vit_tlalign-maskmix.py', baseline='cutmix'),
+    dict(name='tlalign-tokenmix', label='TL-Align on TokenMix masks',
+         config='configs/tlalign/demo/fmnist_vit_tlalign-tokenmix.py', baseline='cutmix'),
 ]
 comparisons = [('tlalign', 'transmix'), ('tlalign-dense', 'tlalign'),
-               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense')]
+               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense'),
+               ('mixpro', 'tlalign'), ('maskmix', 'tlalign'), ('smmix', 'tlalign'),
+               ('tokenmix', 'tlalign'), ('tlalign-maskmix', 'tlalign'),
+               ('tlalign-tokenmix', 'tlalign'), ('tlalign-maskmix', 'maskmix'),
+               ('tlalign-tokenmix', 'tokenmix'), ('mixpro', 'maskmix')]
 # Evaluation stages, run on every arm x seed's final checkpoint (no retraining; a rerun skips
 # finished stages; mmtlalign/evaluation/stages.py): occlusion of 10-90% of the 16 patch tokens,
 # the image cut into 2x2 / 4x4 shuffled blocks, the 15 ImageNet-C corruptions x 5 severities

@@ -28,7 +28,25 @@ arms = [
          config='configs/tlalign/deit-s_8xb128_token-labels.py', baseline='cutmix'),
     dict(name='origin-dense', label='TL-Align + origin token labels',
          config='configs/tlalign/deit-s_8xb128_token-labels_origin.py', baseline='cutmix'),
+    # the peers on this recipe (docs/en/user_guides/peers.md): each mask replaces grid CutMix on
+    # every batch, nothing else changes. Their own released recipes: configs/peers/ (references:
+    # MixPro 81.3 with patch 14, SMMix 81.1, TokenMix 80.8 with teacher maps)
+    dict(name='mixpro', label='MixPro (MaskMix + PAL)',
+         config='configs/tlalign/deit-s_8xb128_mixpro.py', baseline='cutmix'),
+    dict(name='maskmix', label='MaskMix', config='configs/tlalign/deit-s_8xb128_maskmix.py',
+         baseline='cutmix'),
+    dict(name='smmix', label='SMMix', config='configs/tlalign/deit-s_8xb128_smmix.py',
+         baseline='cutmix'),
+    dict(name='tokenmix', label='TokenMix (block mask, area labels)',
+         config='configs/tlalign/deit-s_8xb128_tokenmix.py', baseline='cutmix'),
+    dict(name='tlalign-maskmix', label='TL-Align on MaskMix',
+         config='configs/tlalign/deit-s_8xb128_tlalign-maskmix.py', baseline='cutmix'),
+    dict(name='tlalign-tokenmix', label='TL-Align on TokenMix masks',
+         config='configs/tlalign/deit-s_8xb128_tlalign-tokenmix.py', baseline='cutmix'),
 ]
 # the method against the one the paper argues against, paired by seed as well
 comparisons = [('tlalign', 'transmix'), ('tlalign-dense', 'tlalign'),
-               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense')]
+               ('origin-dense', 'tlalign'), ('tlalign-dense', 'origin-dense'),
+               ('mixpro', 'tlalign'), ('smmix', 'tlalign'), ('tokenmix', 'tlalign'),
+               ('tlalign-maskmix', 'maskmix'), ('tlalign-tokenmix', 'tokenmix'),
+               ('mixpro', 'maskmix')]

@@ -21,6 +21,19 @@ arms = [
          config='configs/tlalign/swin-t_16xb64_token-labels.py', baseline='cutmix'),
     dict(name='origin-dense', label='TL-Align + origin token labels',
          config='configs/tlalign/swin-t_16xb64_token-labels_origin.py', baseline='cutmix'),
+    # the peers that work without a class token (docs/en/user_guides/peers.md): MaskMix (MixPro's
+    # released Swin-T runs it with area labels; PAL reads a class token) and TokenMix's block
+    # mask, each replacing the recipe's CutMix branch, with area labels and with TL-Align. No
+    # SMMix arm: its released code has no Swin, and its patch scores read a global ViT attention
+    dict(name='maskmix', label='MaskMix', config='configs/tlalign/swin-t_16xb64_maskmix.py',
+         baseline='cutmix'),
+    dict(name='tokenmix', label='TokenMix (block mask, area labels)',
+         config='configs/tlalign/swin-t_16xb64_tokenmix.py', baseline='cutmix'),
+    dict(name='tlalign-maskmix', label='TL-Align on MaskMix',
+         config='configs/tlalign/swin-t_16xb64_tlalign-maskmix.py', baseline='cutmix'),
+    dict(name='tlalign-tokenmix', label='TL-Align on TokenMix masks',
+         config='configs/tlalign/swin-t_16xb64_tlalign-tokenmix.py', baseline='cutmix'),
 ]
 comparisons = [('tlalign-dense', 'tlalign'), ('origin-dense', 'tlalign'),
-               ('tlalign-dense', 'origin-dense')]
+               ('tlalign-dense', 'origin-dense'), ('tlalign-maskmix', 'maskmix'),
+               ('tlalign-tokenmix', 'tokenmix'), ('tlalign-maskmix', 'tlalign')]

@@ -37,7 +37,7 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
-from ..models.mixing import TLAlignMix
+from ..models.mixing import BatchMixer
 from ._loader import restart_train_iterator
 
 STATE_KEY = 'exact_resume'
@@ -45,12 +45,12 @@ STATE_VERSION = 1
 
 
 def _mixers(model):
-    """``{module name: TLAlignMix}`` of the (unwrapped) model."""
+    """``{module name: mixer}`` (every :class:`BatchMixer`) of the (unwrapped) model."""
     model = getattr(model, 'module', model)
     found = {}
     for name, module in model.named_modules():
         mixer = getattr(module, 'mixer', None)
-        if isinstance(mixer, TLAlignMix):
+        if isinstance(mixer, BatchMixer):
             found[name] = mixer
     return found
 

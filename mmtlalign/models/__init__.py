@@ -1,6 +1,19 @@
+from .block_mask import BlockMaskMix
 from .classifier import TLAlignClassifier
-from .labels import LABEL_RULES, AreaLabel, LabelRule, TLAlignLabel, TransMixLabel, build_label_rule
-from .mixing import MixedBatch, TLAlignMix
+from .labels import (
+    LABEL_RULES,
+    AreaLabel,
+    LabelRule,
+    PALLabel,
+    SMMixLabel,
+    TLAlignLabel,
+    TransMixLabel,
+    build_label_rule,
+)
+from .maskmix import MaskMix
+from .mix_choice import RandomChoiceMix
+from .mixing import BatchMixer, MixedBatch, TLAlignMix
+from .smmix import SMMix
 from .swin import AlignedSwinTransformer
 from .vit import AlignedVisionTransformer
 
@@ -11,7 +24,8 @@ except ModuleNotFoundError as e:
         raise
 
 __all__ = [
-    'AlignedSwinTransformer', 'AlignedVisionTransformer', 'AreaLabel', 'LABEL_RULES', 'LabelRule',
-    'MixedBatch', 'TLAlignClassifier', 'TLAlignLabel', 'TLAlignMix', 'TransMixLabel',
-    'build_label_rule'
+    'AlignedSwinTransformer', 'AlignedVisionTransformer', 'AreaLabel', 'BatchMixer',
+    'BlockMaskMix', 'LABEL_RULES', 'LabelRule', 'MaskMix', 'MixedBatch', 'PALLabel',
+    'RandomChoiceMix', 'SMMix', 'SMMixLabel', 'TLAlignClassifier', 'TLAlignLabel',
+    'TLAlignMix', 'TransMixLabel', 'build_label_rule'
 ]

@@ -1,5 +1,5 @@
 """Batch mixing that keeps what token-label alignment needs."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -25,6 +25,10 @@ class MixedBatch:
         mixed (Tensor): (B,) bool, True where the image really received content from another
             image: its partner is not itself and its partner share is > 0 somewhere. Derived
             from ``partner`` and ``token_share`` when not given.
+        kind (str, optional): which mask made the batch, for rules that act on one kind only
+            (``'maskmix'``, ``'block'``, ``'smmix'``); None for :class:`TLAlignMix` batches.
+        aux (dict): what a mixer computed for the losses of its own method (SMMix: the
+            ``'motivation_logits'`` (B, K) of its no-grad pass on the unmixed batch).
     """
     inputs: torch.Tensor
     partner: torch.Tensor
@@ -32,6 +36,8 @@ class MixedBatch:
     area_share: torch.Tensor
     uniform: bool
     mixed: Optional[torch.Tensor] = None
+    kind: Optional[str] = None
+    aux: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mixed is None:
@@ -56,8 +62,62 @@ def flip_partners(batch_size, device=None):
     return partner
 
 
+class BatchMixer:
+    """What every mixer shares: its own random generator, seeded reproducibly per process and
+    saved in checkpoints (``state_dict``), so that resumed runs mix as uninterrupted ones.
+
+    A mixer is called as ``mixer(inputs, patch_size) -> MixedBatch``. One that needs the model
+    before mixing (SMMix) sets ``needs_motivation`` and also takes ``motivate``: a callable
+    ``images -> (logits (B, K), patch scores (B, N))``, the classifier's no-grad pass.
+
+    Args:
+        seed (int, optional): seed of the generator. None: drawn from numpy's global generator
+            (seeded by mmengine's ``randomness``) plus the process rank.
+    """
+    needs_motivation = False
+
+    def __init__(self, seed=None):
+        self.seed = seed
+        self._rng = None
+
+    @property
+    def rng(self):
+        if self._rng is None:
+            seed = self.seed if self.seed is not None else int(np.random.randint(2**31))
+            self._rng = np.random.default_rng(seed + get_rank())
+        return self._rng
+
+    def state_dict(self):
+        return {'bit_generator': self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state['bit_generator']
+
+    def check_backbone(self, backbone):
+        """Raise a one-line error (at build time) if the mixer cannot run with ``backbone``."""
+
+    @staticmethod
+    def token_grid(inputs, patch_size):
+        """(gh, gw) the patch grid of ``inputs``; a one-line error if it does not tile."""
+        H, W = inputs.shape[-2:]
+        ph, pw = patch_size
+        if H % ph or W % pw:
+            raise UserInputError(f'Image size {H}x{W} is not divisible by the patch size '
+                                 f'{ph}x{pw}: token labels need whole patches. Resize/crop to '
+                                 'a multiple of the patch size in the data pipeline.')
+        return H // ph, W // pw
+
+    @staticmethod
+    def unmixed(inputs, grid):
+        """The batch unchanged (a batch of one has nobody to mix with)."""
+        B = inputs.shape[0]
+        return MixedBatch(inputs=inputs, partner=torch.arange(B, device=inputs.device),
+                          token_share=inputs.new_zeros(B, grid[0] * grid[1]),
+                          area_share=inputs.new_zeros(B), uniform=True)
+
+
 @MODELS.register_module()
-class TLAlignMix:
+class TLAlignMix(BatchMixer):
     """CutMix / Mixup for TL-Align.
 
     Unlike mmpretrain's batch augments, which only return ``(inputs, batch_score)``, this keeps
@@ -121,23 +181,8 @@ class TLAlignMix:
         self.switch_prob = switch_prob
         self.mode = mode
         self.box_grid = box_grid
-        self.seed = seed
+        super().__init__(seed)
         self.pairing = pairing
-        self._rng = None
-
-    # -- random state, saved in checkpoints so that resumed runs mix as uninterrupted ones --
-    @property
-    def rng(self):
-        if self._rng is None:
-            seed = self.seed if self.seed is not None else int(np.random.randint(2**31))
-            self._rng = np.random.default_rng(seed + get_rank())
-        return self._rng
-
-    def state_dict(self):
-        return {'bit_generator': self.rng.bit_generator.state}
-
-    def load_state_dict(self, state):
-        self.rng.bit_generator.state = state['bit_generator']
 
     # -- mixing --
     def __call__(self, inputs, patch_size):
@@ -228,3 +273,38 @@ class TLAlignMix:
             return torch.as_tensor(a)[:, None, None]
 
         return (rows >= t(y1)) & (rows < t(y2)) & (cols >= t(x1)) & (cols < t(x2))
+
+
+def mix_by_cell_mask(inputs, partner, cell_mask, patch_size):
+    """Mix a batch with a 0/1 mask of whole cells and keep each token's partner share.
+
+    Args:
+        inputs (Tensor): (B, C, H, W) images.
+        partner (Tensor): (B,) index of each image's partner.
+        cell_mask (Tensor): (B or 1, gh, gw), 1 where the cell comes from the partner; the
+            cells tile the image (H / gh pixels high).
+        patch_size (tuple[int, int]): the backbone's patch size (the token grid).
+
+    Returns:
+        tuple: (B, C, H, W) mixed images, (B, N) token shares (fractional where a token
+        straddles cells), (B,) partner share of the image area.
+    """
+    B, _, H, W = inputs.shape
+    gh, gw = cell_mask.shape[-2:]
+    mask = cell_mask.to(device=inputs.device, dtype=inputs.dtype)
+    mask = mask.repeat_interleave(H // gh, dim=-2).repeat_interleave(W // gw, dim=-1)
+    mask = mask.expand(B, H, W)
+    mixed = torch.lerp(inputs, inputs[partner], mask[:, None])
+    grid = (H // patch_size[0], W // patch_size[1])
+    return mixed, token_share_from_mask(mask, grid), mask.mean(dim=(1, 2))
+
+
+def cell_grid(inputs, cell_size, patch_size, name):
+    """(gh, gw) cells of ``cell_size`` pixels (None: the patch size) tiling ``inputs``."""
+    H, W = inputs.shape[-2:]
+    ch, cw = (cell_size, cell_size) if cell_size else tuple(patch_size)
+    if H % ch or W % cw:
+        raise UserInputError(f'{name}: cell size {ch}x{cw} px does not divide the image size '
+                             f'{H}x{W}; choose a cell size that divides it (and is a multiple '
+                             'of the patch size, so that every token comes from one image).')
+    return H // ch, W // cw

@@ -19,6 +19,12 @@ Variants (same backbone weights, same batch; the list is :data:`VARIANTS`):
          shared head against its traced share, weight 0.5); ViT and Swin
   tok-sep  the same with a separate linear token head (not run unless named)
   tok-org  TL-Align + token labels from each token's starting share (not run unless named)
+  mixpro, maskmix, smmix, tokenmix, tlalign-maskmix, tlalign-tokenmix  the peer arms of
+         configs/benchmarks/ (MaskMix / block masks / SMMix with their label rules; MixPro and
+         SMMix ViT only; not run unless named)
+  b-nodrift  b without the label-drift logging (log_drift=False; b logs the drift after every
+         block from the traced pass): the cost of that logging is b / b-nodrift, printed
+         (not run unless named)
 
 A step is data preprocessing (mixing) + forward + loss + backward + AdamW step. Repetitions are
 interleaved (a, b, c, a, b, c, ...) and medians compared, since machines here are noisy; on
@@ -32,6 +38,8 @@ repeatable on CPU), plus on a GPU the step's CUDA peak above what was allocated 
     python tools/analysis/benchmark_alignment.py --model deit-s --device cuda --amp --batch 128
     python tools/analysis/benchmark_alignment.py --model deit-s --variants a,b,b-sep
     python tools/analysis/benchmark_alignment.py --model swin-t --batch 8 --variants a,b,tok
+    python tools/analysis/benchmark_alignment.py --model deit-s --batch 16 --variants \
+        a,b,tmix,mixpro,maskmix,smmix,tokenmix,tlalign-maskmix,tlalign-tokenmix
 """
 import argparse
 import statistics
@@ -124,6 +132,24 @@ def build_with_labels(align):
     return build
 
 
+def build_peer(mix, align):
+    """Builder of TL-Align's classifier with another mixer and label rule (the peer arms of
+    docs/en/user_guides/peers.md: MaskMix, TokenMix's block mask, SMMix)."""
+
+    def build(model_name, num_classes):
+        from mmpretrain.registry import MODELS as REG
+        return REG.build(dict(classifier_cfg(model_name, num_classes, aligned=True),
+                              mix=dict(mix, seed=0), align=align))
+
+    return build
+
+
+#: the peers' mixers at 224 px (cells of MixPro's 56 px; TokenMix's 14 x 14 cells of 16 px)
+MASKMIX = dict(type='MaskMix', alpha=1.0, cell_size=56)
+BLOCK = dict(type='BlockMaskMix', mask_ratio=0.5, min_tokens=14, cell_size=16)
+SMMIX = dict(type='SMMix')
+
+
 def build_with_token_loss(**token_loss):
     """Builder of TL-Align's classifier with dense token labels (its ``model.token_loss``)."""
 
@@ -133,6 +159,13 @@ def build_with_token_loss(**token_loss):
                               token_loss=token_loss))
 
     return build
+
+
+def build_without_drift(model_name, num_classes):
+    """TL-Align's classifier without the per-block label-drift logging (``log_drift=False``)."""
+    from mmpretrain.registry import MODELS as REG
+    return REG.build(dict(classifier_cfg(model_name, num_classes, aligned=True),
+                          log_drift=False))
 
 
 def compiled(build):
@@ -201,6 +234,20 @@ VARIANTS = {
                        build_with_token_loss(weight=0.5, head='separate'), default=False),
     'tok-org': Variant('TL-Align + origin token labels',
                        build_with_token_loss(weight=0.5, labels='origin'), default=False),
+    # b's label-drift logging (drift/block_XX scalars) switched off: its cost is b / b-nodrift
+    'b-nodrift': Variant('TL-Align, no drift logging', build_without_drift, default=False),
+    # the peers, arm names as in configs/benchmarks/ (not run unless named): their mixers
+    # every step (SMMix: + its no-grad motivation pass, token head and two losses)
+    'mixpro': Variant('MixPro (MaskMix + PAL)', build_peer(MASKMIX, 'PALLabel'),
+                      models=('deit-t', 'deit-s'), default=False),
+    'maskmix': Variant('MaskMix, area labels', build_peer(MASKMIX, False), default=False),
+    'smmix': Variant('SMMix (+ no-grad pass, 2 losses)', build_peer(SMMIX, 'SMMixLabel'),
+                     models=('deit-t', 'deit-s'), default=False),
+    'tokenmix': Variant('TokenMix block mask, area', build_peer(BLOCK, False), default=False),
+    'tlalign-maskmix': Variant('TL-Align on MaskMix', build_peer(MASKMIX, True),
+                               default=False),
+    'tlalign-tokenmix': Variant('TL-Align on TokenMix masks', build_peer(BLOCK, True),
+                                default=False),
 }
 
 
@@ -259,13 +306,16 @@ class Arm:
 
 
 def train_step(arm, data):
-    """Preprocess (mixing) + forward + loss + backward + AdamW step, as mmengine runs it."""
+    """Preprocess (mixing) + forward + loss + backward + AdamW step, as mmengine runs it
+    (``parse_losses`` included: it sums the ``loss`` keys and reads every logged value)."""
     model, optim = arm.model, arm.optim
     data = model.data_preprocessor(dict(data, data_samples=[s.clone() for s in
                                                              data['data_samples']]), True)
     with arm.variant.context(), arm.autocast():
         losses = model(**data, mode='loss')
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
+        loss, log_vars = model.parse_losses(losses)
+        for value in log_vars.values():  # mmengine's message hub reads every logged value
+            value.item()
     optim.zero_grad(set_to_none=True)
     if arm.scaler is None:
         loss.backward()
@@ -373,6 +423,10 @@ def report(names, times, cpu_times, memory, peak):
         if peak:
             line += f', peak memory {peak[v] / peak["a"]:.3f}'
         print(line)
+    if 'b' in names and 'b-nodrift' in names:
+        print(f'drift logging (b / b-nodrift): wall time {med["b"] / med["b-nodrift"]:.3f}, '
+              f'CPU time {cpu["b"] / cpu["b-nodrift"]:.3f}, saved memory '
+              f'{memory["b"] / memory["b-nodrift"]:.3f}')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """Label rules for mixed batches, siblings behind one interface (:class:`LabelRule`): each
 turns the mixed batch and the backbone's forward pass into the partner share of the output."""
 from .area import AreaLabel
-from .base import LABEL_RULES, LabelRule, build_label_rule
+from .base import LABEL_RULES, LabelRule, RuleLossInputs, build_label_rule
+from .pal import PALLabel
+from .smmix import SMMixLabel
 from .tlalign import TLAlignLabel
 from .transmix import TransMixLabel
 
 __all__ = [
-    'AreaLabel', 'LABEL_RULES', 'LabelRule', 'TLAlignLabel', 'TransMixLabel', 'build_label_rule'
+    'AreaLabel', 'LABEL_RULES', 'LabelRule', 'PALLabel', 'RuleLossInputs', 'SMMixLabel',
+    'TLAlignLabel', 'TransMixLabel', 'build_label_rule'
 ]

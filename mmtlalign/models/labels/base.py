@@ -10,6 +10,7 @@ Rules are registered in :data:`mmtlalign.registry.LABEL_RULES` (a child of mmpre
 ``MODELS``) and selected by the classifier's ``align`` argument: ``True`` (TL-Align), ``False``
 (area), a type name such as ``'TransMixLabel'`` or a config dict ``dict(type=..., ...)``.
 """
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
 from torch import Tensor, nn
@@ -23,7 +24,30 @@ if TYPE_CHECKING:
 #: what a rule returns: ``(outs, share)``, with ``dense`` ``(outs, share, tokens, token_shares)``
 RuleOutput = Union[Tuple[Any, Tensor], Tuple[Any, Tensor, Tensor, Optional[Tensor]]]
 
-__all__ = ['LABEL_RULES', 'LabelRule', 'build_label_rule']
+__all__ = ['LABEL_RULES', 'LabelRule', 'RuleLossInputs', 'build_label_rule']
+
+
+@dataclass
+class RuleLossInputs:
+    """What a rule with its own loss terms (:meth:`LabelRule.loss_terms`) gets after the head.
+
+    Attributes:
+        logits (Tensor): (B, K) the head's logits of this forward (with gradient).
+        share (Tensor): (B,) the share :meth:`LabelRule.mixed_share` gave.
+        mixed (MixedBatch): the mixed batch.
+        labels (Tensor): (B,) class indices.
+        num_classes (int): K.
+        tokens (Tensor, optional): (B, N, C) output tokens (rules with ``needs_tokens``).
+        token_head (nn.Module, optional): the classifier's ``token_head`` (rules with
+            ``needs_token_head``).
+    """
+    logits: Tensor
+    share: Tensor
+    mixed: 'MixedBatch'
+    labels: Tensor
+    num_classes: int
+    tokens: Optional[Tensor] = None
+    token_head: Optional[nn.Module] = None
 
 
 class LabelRule:
@@ -37,6 +61,18 @@ class LabelRule:
     #: whether ``mixed_share(..., dense=True)`` gives each output token's traced share
     #: (``labels='traced'`` of the classifier's token loss needs it)
     traces_tokens: bool = False
+    #: the rule adds loss terms that read the head's logits (:meth:`loss_terms`)
+    uses_logits: bool = False
+    #: :meth:`loss_terms` also needs the (B, N, C) output tokens (the dense forward)
+    needs_tokens: bool = False
+    #: the classifier builds a linear ``token_head`` (C -> K) for :meth:`loss_terms`
+    needs_token_head: bool = False
+
+    def loss_terms(self, inputs: RuleLossInputs) -> dict:
+        """Loss terms of the rule's own method besides the class-token loss, for rules with
+        ``uses_logits``; a ``'loss'`` entry *replaces* the head's loss against the share's
+        target and a ``'share'`` entry ((B,), no gradient) the share that is logged."""
+        return {}
 
     def check_backbone(self, backbone: nn.Module) -> None:
         """Raise :class:`UserInputError` (at build time) if the rule cannot run on it."""
