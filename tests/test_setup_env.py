@@ -6,6 +6,9 @@ GPU visibility, arch flags and CUDA_HOME given in ``FAKE_TORCH``; a fake ``nvidi
 ``FAKE_GPUS`` GPUs with driver ``FAKE_DRIVER``; fake CUDA toolkits hold an ``nvcc`` that
 reports its release (and its TOP under ``--dryrun``, as the real one does). PATH holds only
 the fakes and /usr/bin:/bin, so the machine's own CUDA tools are out of sight.
+
+The lock (requirements/lock.txt, every package's SHA-256 hashes): it covers every pin at its
+version, and a real pip without network refuses a tampered wheel from a wheelhouse.
 """
 import os
 import os.path as osp
@@ -296,6 +299,27 @@ def test_wheelhouse_and_offline_install_without_network(tmp_path):
     import torch
     site = osp.dirname(osp.dirname(torch.__file__))
     system_python, links = _system_python_with_only_torch(tmp_path, site)
+
+    # one tampered wheel (and the wheelhouse's own pins.txt asking for something else): refused
+    # by the lock's hashes before anything is built or installed
+    tampered = str(tmp_path / 'tampered')
+    shutil.copytree(house, tampered, copy_function=os.link)
+    victim = next(n for n in names if n.startswith('ninja-'))
+    os.remove(osp.join(tampered, victim))
+    shutil.copy(osp.join(house, victim), osp.join(tampered, victim))
+    with open(osp.join(tampered, victim), 'r+b') as f:
+        f.seek(-100, 2)
+        f.write(b'\0' * 10)
+    with open(osp.join(tampered, 'pins.txt'), 'w') as f:
+        f.write('numpy==2.0.0\n')
+    r = subprocess.run(['unshare', '-n', 'bash', SCRIPT, '--offline', tampered],
+                       env=dict(os.environ, PYTHON=system_python,
+                                MMTLALIGN_VENV=str(tmp_path / 'venv-tampered')),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert 'THESE PACKAGES DO NOT MATCH THE HASHES' in r.stderr and victim in r.stderr, r.stderr
+    assert 'step 2/4' not in r.stdout  # nothing compiled, nothing installed
+
     t = time.time()
     r = subprocess.run(['unshare', '-n', 'bash', SCRIPT, '--offline', house],
                        env=dict(os.environ, PYTHON=system_python, MMTLALIGN_VENV=venv),
@@ -335,3 +359,156 @@ def test_gpu_check_refuses_without_a_gpu_and_lists_its_steps(tmp_path):
     assert '--model swin-t --device cuda --amp' in r.stdout
     r = subprocess.run(['bash', script, '--offline'], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and 'wheelhouse' in r.stderr
+
+
+# ----------------------------------------------------------------------------- the lock
+UNLOCKED = ('torch', 'torchvision', 'mmcv')
+
+
+def _norm(name):
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def _requirements(path):
+    """{name: version or None} of a requirements file (pins, tests)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split('#')[0].strip()
+            if line:
+                m = re.match(r'([A-Za-z0-9_.\-]+)\s*(?:==\s*([^\s;]+))?', line)
+                out[_norm(m.group(1))] = m.group(2)
+    return out
+
+
+def _lock():
+    """{name: (version, [sha256 hashes])} of requirements/lock.txt."""
+    out, name = {}, None
+    with open(osp.join(ROOT, 'requirements', 'lock.txt')) as f:
+        for line in f:
+            m = re.match(r'([a-z0-9][a-z0-9\-]*)==([^\s;]+)', line)
+            if m:
+                name = m.group(1)
+                out.setdefault(name, (m.group(2), []))  # one version per marker: the first
+            for h in re.findall(r'--hash=sha256:([0-9a-f]{64})', line):
+                out[name][1].append(h)
+    return out
+
+
+def test_the_lock_covers_every_pin_at_its_version():
+    """requirements/lock.txt and the pins cannot drift apart: every pinned package (but the
+    unlocked torch, torchvision and mmcv) and every test tool is locked at its pinned version,
+    every locked package has SHA-256 hashes, and the script's own check agrees."""
+    lock = _lock()
+    wanted = _requirements(osp.join(ROOT, 'requirements', 'pins.txt'))
+    wanted.update(_requirements(osp.join(ROOT, 'requirements', 'tests.txt')))
+    for name, version in wanted.items():
+        if name in UNLOCKED:
+            assert name not in lock, f'{name} is installed by setup_env.sh, not from the lock'
+            continue
+        assert name in lock, (f'{name} is pinned but not locked; regenerate the lock: '
+                              'bash tools/setup_env.sh --lock')
+        if version:
+            assert lock[name][0] == version, (name, lock[name][0], version)
+    for name, (version, hashes) in lock.items():
+        assert hashes, f'{name}=={version} has no hash in the lock'
+    assert not [n for n in lock if re.match(r'(nvidia|triton|cuda)-', n)]  # torch's own
+    proc = subprocess.run(['bash', '-c', f'source {SCRIPT}; check_lock && echo ok'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == 'ok', proc.stderr
+
+
+def test_a_lock_that_does_not_match_the_pins_is_refused(tmp_path):
+    pins = tmp_path / 'pins.txt'
+    with open(osp.join(ROOT, 'requirements', 'pins.txt')) as f:
+        pins.write_text(f.read().replace(f'mmengine=={pin("mmengine")}', 'mmengine==0.10.6')
+                        + 'einops-extra==1.0\n')
+    proc = subprocess.run(['bash', '-c', f'source {SCRIPT}; PINS={pins}; check_lock'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and proc.stderr.count('\n') == 1, proc.stderr
+    assert (f'mmengine is locked at {pin("mmengine")}, pinned at 0.10.6, and 1 more); '
+            'regenerate it: bash tools/setup_env.sh --lock') in proc.stderr
+
+
+def _wheel(folder, name, version, code):
+    """A real pure-Python wheel of module ``name`` with ``code``; returns its path."""
+    import base64
+    import hashlib
+    import zipfile
+    path = osp.join(folder, f'{name}-{version}-py3-none-any.whl')
+    info = f'{name}-{version}.dist-info'
+    files = {f'{name}.py': code,
+             f'{info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n',
+             f'{info}/WHEEL': 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n'
+                              'Tag: py3-none-any\n'}
+    record = ''.join(
+        f'{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b"=").decode()},{len(t)}\n'  # noqa: E501
+        for n, t in files.items()) + f'{info}/RECORD,,\n'
+    os.makedirs(folder, exist_ok=True)
+    with zipfile.ZipFile(path, 'w') as z:
+        for n, t in {**files, f'{info}/RECORD': record}.items():
+            z.writestr(n, t)
+    return path
+
+
+def test_offline_install_refuses_a_tampered_wheel(tmp_path):
+    """A real pip (``--no-index``, no network) installing from a wheelhouse through the
+    script's own ``install_locked``: the genuine wheel installs; the same file name with other
+    contents is refused by the lock's hash, and so is a newer version that the wheelhouse's own
+    pins.txt asks for. Without the lock (the wheelhouse's pins as constraints, as --offline
+    did), the tampered wheel installs and its code runs on import."""
+    import hashlib
+    import shutil
+    import sys
+    genuine = _wheel(str(tmp_path / 'genuine'), 'mmtlalign_probe', '1.0', 'FLAG = "genuine"\n')
+    with open(genuine, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    lock = tmp_path / 'lock.txt'
+    lock.write_text(f'mmtlalign-probe==1.0 \\\n    --hash=sha256:{digest}\n    # via tests\n')
+    marker = tmp_path / 'pwned'
+    evil = f'open({str(marker)!r}, "w").write("ran")\nFLAG = "evil"\n'
+    house = tmp_path / 'house'
+    _wheel(str(house), 'mmtlalign_probe', '1.0', evil)  # same name, other bytes
+    _wheel(str(house), 'mmtlalign_probe', '2.0', evil)  # a newer one, wanted by its pins.txt
+    (house / 'pins.txt').write_text('mmtlalign-probe==2.0\n')
+    venv = tmp_path / 'venv'  # a bare one: this pip installs into it (pip --python)
+    subprocess.run([sys.base_prefix + '/bin/python3', '-m', 'venv', '--without-pip', str(venv)],
+                   check=True, timeout=120)
+    # no network: a namespace without interfaces where we may, else a dead proxy too
+    prefix = ['unshare', '-n'] if (os.geteuid() == 0 and shutil.which('unshare')) else []
+    env = dict(PATH='/usr/bin:/bin', HOME=str(tmp_path), PIP_NO_INDEX='1',
+               PIP_FIND_LINKS=str(house), PIP_CONFIG_FILE='/dev/null',
+               https_proxy='http://127.0.0.1:9', http_proxy='http://127.0.0.1:9')
+    py = str(venv / 'bin' / 'python')
+    pip = f'{sys.executable} -m pip --python {py} --disable-pip-version-check'
+
+    def install(code):
+        return subprocess.run(
+            [*prefix, 'bash', '-c', f'set -euo pipefail; source {SCRIPT}; VENV={venv}; '
+             f'LOCK={lock}; PIP=({pip}); PIP_QUIET=(-q); '
+             + code], env=env, capture_output=True, text=True, timeout=300)
+
+    def probe():
+        return subprocess.run([py, '-c', 'import mmtlalign_probe as m; print(m.FLAG)'],
+                              capture_output=True, text=True, cwd=str(tmp_path)).stdout.strip()
+
+    # before: the wheelhouse's pins as constraints, no hashes
+    r = install(f'"${{PIP[@]}}" install -q -c {house}/pins.txt mmtlalign-probe')
+    assert r.returncode == 0, r.stderr
+    assert probe() == 'evil' and marker.read_text() == 'ran'
+    marker.unlink()
+    subprocess.run([*pip.split(), 'uninstall', '-y', '-q', 'mmtlalign-probe'], check=True)
+
+    # now: the lock's hash refuses the tampered 1.0, and 2.0 is never considered
+    r = install('install_locked mmtlalign-probe')
+    assert r.returncode != 0
+    assert 'THESE PACKAGES DO NOT MATCH THE HASHES' in r.stderr, r.stderr
+    assert f'Expected sha256 {digest}' in r.stderr
+    assert probe() == '' and not marker.exists()
+    # the genuine wheel in the wheelhouse installs
+    for name in os.listdir(house):
+        os.remove(house / name)
+    shutil.copy(genuine, house)
+    r = install('install_locked mmtlalign-probe')
+    assert r.returncode == 0, r.stderr
+    assert probe() == 'genuine'

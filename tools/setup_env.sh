@@ -7,15 +7,26 @@
 # GPU architectures it was compiled for) and Python versions, because pip's own wheel cache is
 # keyed by the sdist only and would silently reuse a wheel compiled against another torch.
 #
-# Usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR]
+# Every package but torch/torchvision (and what only they need) and mmcv is installed from
+# requirements/lock.txt with pip --require-hashes: exact versions, each file checked against the
+# SHA-256 hashes kept in the repository, online and offline alike. torch + torchvision come from
+# the registry or PyTorch's index (their files differ per CUDA build), or, offline, from the
+# machine; mmcv is built here from its sdist, checked against MMCV_SDIST_SHA256 below.
+#
+# Usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR | --lock]
 #   --print-plan   print the decisions (torch build, GPUs, FORCE_CUDA, CUDA_HOME, architectures,
 #                  mmcv cache key) for the torch already in the venv, and exit; installs nothing.
-#   --download DIR write a wheelhouse for machines without internet: the wheels of every
-#                  package but torch (for this Python, PYTHON=... for another) and the
-#                  hash-checked mmcv sdist.
+#   --download DIR write a wheelhouse for machines without internet: the locked wheels (for
+#                  this Python, PYTHON=... for another), hash-checked as they are downloaded,
+#                  and the hash-checked mmcv sdist.
 #   --offline DIR  install from that wheelhouse with no network (pip --no-index) into a venv
 #                  that reuses the torch + torchvision of PYTHON (default python3) and builds
 #                  mmcv's ops against it (CUDA ops when nvcc is there; TORCH_CUDA_ARCH_LIST).
+#                  Every wheel is checked against requirements/lock.txt, never against anything
+#                  in DIR: a wheelhouse cannot change what is installed.
+#   --lock         regenerate requirements/lock.txt from requirements/pins.txt and tests.txt
+#                  (uv pip compile --generate-hashes; needs the registry). Rerun it after any
+#                  change to those files: the install refuses a lock that does not match them.
 #
 # Environment knobs:
 #   PYTHON=python3.11          interpreter used to create .venv
@@ -41,6 +52,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MMTLALIGN_VENV:-$ROOT/.venv}"
 PINS="$ROOT/requirements/pins.txt"
 TEST_REQS="$ROOT/requirements/tests.txt"
+LOCK="$ROOT/requirements/lock.txt"
+UV_VERSION=0.13.9  # the lock's resolver (--lock), installed into $CACHE/uv-$UV_VERSION
 CACHE="${MMTLALIGN_CACHE:-$HOME/.cache/mmtlalign}"
 STAMP="$VENV/.mmtlalign-setup"
 
@@ -48,10 +61,10 @@ say() { printf '[setup_env] %s\n' "$*"; }
 die() { printf '[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
 pin() { sed -n "s/^$1==//p" "$PINS"; }
 
-# The stamp records what this environment was built from; any change to the pins, to this
-# script or to the chosen torch build invalidates it.
+# The stamp records what this environment was built from; any change to the pins, the lock,
+# this script or the chosen torch build invalidates it.
 wanted_stamp() {
-  { cat "$PINS" "$TEST_REQS" "${BASH_SOURCE[0]}" "$ROOT/setup.py"
+  { cat "$PINS" "$TEST_REQS" "$LOCK" "${BASH_SOURCE[0]}" "$ROOT/setup.py"
     echo "${TORCH_CUDA:-}" "${TORCH_INDEX_URL:-}" "${TORCH_CUDA_ARCH_LIST:-}"; } | sha256sum | cut -d' ' -f1
 }
 
@@ -289,6 +302,91 @@ write_mmcv_record() {
   printf 'MMCV_CACHE_KEY=%s\nMMCV_WHEEL_DIR=%s\n' "$KEY" "$WHEEL_DIR" >"$VENV/.mmtlalign-mmcv"
 }
 
+# ---- the lock: requirements/lock.txt ----
+
+# Resolved and locked by the lock, not by this script: torch and torchvision (per CUDA build,
+# from the registry, PyTorch's index or the offline machine) with what only they need, and mmcv
+# (built here from its hash-checked sdist).
+UNLOCKED=(torch torchvision mmcv)
+
+# lock_inputs: the requirements the lock is resolved from: the pins (but UNLOCKED) and the test
+# tools, mmcv's own runtime requirements (its wheel is installed with --no-deps), and the
+# build tools of mmcv's compile.
+lock_inputs() {
+  local skip
+  skip="^($(IFS='|'; echo "${UNLOCKED[*]}"))=="
+  grep -vE '^\s*(#|$)' "$PINS" | grep -vE "$skip"
+  grep -vE '^\s*(#|$)' "$TEST_REQS"
+  printf '%s\n' addict packaging pillow pyyaml yapf  # mmcv 2.1.0's requirements/runtime.txt
+  printf '%s\n' pip wheel ninja
+}
+
+# lock_problems: one line per requirement of lock_inputs that the lock lacks or locks at
+# another version (nothing when they agree).
+lock_problems() {
+  [[ -f "$LOCK" ]] || { echo "there is no $LOCK"; return; }
+  local line name version locked
+  while read -r line; do
+    name="$(sed -E 's/[ ;=<>!~\[].*//' <<<"$line" | tr 'A-Z_.' 'a-z--')"
+    version="$(sed -nE 's/^[^=]*==([^ ;]+).*/\1/p' <<<"$line")"
+    locked="$(sed -nE "s/^${name//-/[-_.]}==([^ ;]+).*/\1/Ip" "$LOCK" | sed -n '1p')"
+    if [[ -z "$locked" ]]; then
+      echo "$name is not in the lock"
+    elif [[ -n "$version" && "$locked" != "$version" ]]; then
+      echo "$name is locked at $locked, pinned at $version"
+    fi
+  done < <(lock_inputs)
+}
+
+# check_lock: refuse a lock that does not match the pins (before installing anything).
+check_lock() {
+  local problems
+  problems="$(lock_problems)"
+  [[ -z "$problems" ]] || die "requirements/lock.txt does not match requirements/pins.txt and tests.txt ($(sed -n 1p <<<"$problems")$( (( $(wc -l <<<"$problems") > 1 )) && echo ", and $(( $(wc -l <<<"$problems") - 1 )) more")); regenerate it: bash tools/setup_env.sh --lock"
+}
+
+# lock_subset NAME...: the lock's entries (requirement and hashes) of those packages, for a
+# hash-checked install of a few of them (the build tools and numpy before torch and mmcv).
+lock_subset() {
+  local names
+  names="$(IFS='|'; echo "$*")"
+  awk -v re="^($names)==" '/^[^ #]/ { keep = ($0 ~ re) } keep && !/^ *#/' "$LOCK"
+}
+
+# make_lock: --lock. uv resolves the inputs for every platform and Python >= 3.11 with the
+# hashes of every file of each version; UNLOCKED are dropped with all that only they need
+# (an override no environment satisfies; uv still writes those entries, with that marker, and
+# they are removed).
+make_lock() {
+  local uv tmp never="sys_platform == 'never'" name
+  uv="$(command -v uv || true)"
+  if [[ -z "$uv" || "$("$uv" --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]]; then
+    uv="$CACHE/uv-$UV_VERSION/bin/uv"
+    if [[ ! -x "$uv" ]]; then
+      say "installing uv $UV_VERSION (the lock's resolver) into $CACHE/uv-$UV_VERSION"
+      "${PYTHON:-python3}" -m venv "$CACHE/uv-$UV_VERSION"
+      "$CACHE/uv-$UV_VERSION/bin/python" -m pip install -q --disable-pip-version-check \
+        "uv==$UV_VERSION" || die "could not install uv $UV_VERSION (pip install uv==$UV_VERSION)"
+    fi
+  fi
+  tmp="$(mktemp -d)"
+  lock_inputs >"$tmp/pins-and-tests.txt"  # its name stands in the lock's "# via" comments
+  for name in "${UNLOCKED[@]}"; do echo "$name; $never"; done >"$tmp/overrides.txt"
+  say "resolving $(wc -l <"$tmp/pins-and-tests.txt") requirements with uv $UV_VERSION"
+  ( cd "$tmp" && "$uv" pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+      --no-header --annotation-style line --override overrides.txt -o lock.txt \
+      pins-and-tests.txt ) || die "uv could not resolve the pins (see above)"
+  { echo "# The exact versions and SHA-256 hashes that tools/setup_env.sh installs (pip --require-hashes),"
+    echo "# resolved from requirements/pins.txt and tests.txt by uv $UV_VERSION for every platform, Python >= 3.11."
+    echo "# Not here: ${UNLOCKED[*]} and what only they need (see setup_env.sh)."
+    echo "# Do not edit; regenerate: bash tools/setup_env.sh --lock"
+    awk -v never="; $never" '/^[^ #]/ { drop = (index($0, never) > 0) } !drop' "$tmp/lock.txt"
+  } >"$LOCK"
+  rm -rf "$tmp"
+  check_lock
+  say "wrote $LOCK: $(grep -c '^[^ #]' "$LOCK") packages, $(wc -l <"$LOCK") lines"
+}
+
 # ---- the build ----
 
 # mmcv 2.1.0's setup.py hard-codes -std=c++14/17, but torch >= 2.10 headers need C++20
@@ -338,50 +436,41 @@ plan_only() {
 
 # ---- compute nodes without internet: --download DIR, then --offline DIR there ----
 
-# Not put into a wheelhouse: the offline machine's own torch build (and what it brings) is used.
-TORCH_STACK_RE='^(torch|torchvision|triton|nvidia-.*|cuda-.*)$'
-
-# download_wheelhouse DIR: the wheels of everything but torch (resolved for this Python and
-# platform, at the pinned versions), the hash-checked mmcv sdist, and the pins.
+# download_wheelhouse DIR: the locked wheels for PYTHON's version and platform (pip checks each
+# against the lock's hashes as it downloads) and the hash-checked mmcv sdist.
 download_wheelhouse() {
-  local dir=$1 py tmp
+  local dir=$1 py
   py="${PYTHON:-python3}"
   command -v "$py" >/dev/null || die "no '$py' on PATH; set PYTHON=/path/to/python3.X (the compute nodes' Python version)"
+  check_lock
   mkdir -p "$dir"
-  tmp="$(mktemp -d)"
-  { grep -vE '^(#|torch==|torchvision==|mmcv==)' "$PINS" | grep .
-    grep -vE '^(#|$)' "$TEST_REQS"
-    echo "yapf"; echo "wheel"; echo "ninja"; echo "pip"; } >"$tmp/top.txt"  # yapf: mmcv's own
-  say "resolving the packages for Python $("$py" -c 'import sys; print(sys.version.split()[0])') (all but torch)"
-  "$py" -m pip --disable-pip-version-check install -q --dry-run --ignore-installed \
-    --report "$tmp/report.json" -r "$tmp/top.txt" "torch==$(pin torch)" "torchvision==$(pin torchvision)" \
-    || die "pip could not resolve the pinned packages (see above)"
-  "$py" - "$tmp/report.json" "$TORCH_STACK_RE" >"$tmp/wheels.txt" <<'PY'
-import json, re, sys
-skip = re.compile(sys.argv[2])
-for item in json.load(open(sys.argv[1]))['install']:
-    meta = item['metadata']
-    if not skip.match(meta['name'].lower()):
-        print(f"{meta['name']}=={meta['version']}")
-PY
-  say "downloading $(wc -l <"$tmp/wheels.txt") packages into $dir"
-  "$py" -m pip --disable-pip-version-check download -q --no-deps -d "$dir" -r "$tmp/wheels.txt"
+  say "downloading the $(grep -c '^[^ #]' "$LOCK") locked packages for Python $("$py" -c 'import sys; print(sys.version.split()[0])') into $dir (hash-checked)"
+  "$py" -m pip --disable-pip-version-check download -q --no-deps --require-hashes -d "$dir" \
+    -r "$LOCK" || die "pip could not download the locked packages (see above)"
   "$py" -m pip --disable-pip-version-check download -q --no-deps --no-binary :all: \
     --no-build-isolation -d "$dir" "mmcv==$(pin mmcv)" >/dev/null
   echo "$MMCV_SDIST_SHA256  $dir/mmcv-$(pin mmcv).tar.gz" | sha256sum -c --quiet - \
     || die "mmcv-$(pin mmcv).tar.gz does not match its pinned sha256"
-  cp "$PINS" "$dir/pins.txt"
-  cp "$tmp/wheels.txt" "$dir/packages.txt"
-  rm -rf "$tmp"
   say "wheelhouse ready: $(du -sh "$dir" | cut -f1) in $dir; copy it to the machine and run: bash tools/setup_env.sh --offline $dir"
+}
+
+# install_locked NAME...: those packages of the lock, hash-checked (all of it without names).
+install_locked() {
+  local reqs="$LOCK"
+  if (( $# )); then
+    reqs="$VENV/.mmtlalign-lock-subset.txt"
+    lock_subset "$@" >"$reqs"
+  fi
+  "${PIP[@]}" install "${PIP_QUIET[@]}" --require-hashes -r "$reqs"
 }
 
 # install_offline DIR: a venv that reuses PYTHON's torch, everything else from the wheelhouse,
 # pip never touching the network (--no-index); mmcv built here against that torch.
 install_offline() {
   local dir=$1
-  [[ -f "$dir/mmcv-$(pin mmcv).tar.gz" && -f "$dir/pins.txt" ]] \
-    || die "$dir is not a wheelhouse (no mmcv-$(pin mmcv).tar.gz and pins.txt): make one with bash tools/setup_env.sh --download $dir on a machine with internet"
+  [[ -f "$dir/mmcv-$(pin mmcv).tar.gz" ]] \
+    || die "$dir is not a wheelhouse (no mmcv-$(pin mmcv).tar.gz): make one with bash tools/setup_env.sh --download $dir on a machine with internet"
+  check_lock
   PYTHON="${PYTHON:-python3}"
   command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH; set PYTHON=/path/to/the/python/with/torch"
   "$PYTHON" -c 'import torch, torchvision' 2>/dev/null \
@@ -401,12 +490,9 @@ install_offline() {
   PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
   export PIP_NO_INDEX=1 PIP_FIND_LINKS="$dir"  # every pip command below: the wheelhouse only
   PIP_QUIET=(-q --progress-bar off)
-  CONSTRAINTS="$VENV/.mmtlalign-constraints.txt"
-  grep -vE '^(torch|torchvision)==' "$dir/pins.txt" >"$CONSTRAINTS"  # the machine's torch
   MMCV_SDIST="$dir/mmcv-$(pin mmcv).tar.gz"
-  say "step 1/4: build tools and numpy from $dir (no network); torch: $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "from", torch.__file__)')"
-  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "$CONSTRAINTS" wheel ninja "setuptools==$(pin setuptools)" \
-    "numpy==$(pin numpy)" "opencv-python==$(pin opencv-python)"
+  say "step 1/4: build tools and numpy from $dir (no network, hash-checked); torch: $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "from", torch.__file__)')"
+  install_locked pip wheel ninja setuptools numpy opencv-python
   local facts
   facts="$(probe_torch "$VENV/bin/python")" || die "torch does not import in $VENV"
   read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
@@ -422,8 +508,10 @@ main() {
       if [[ "$1" == --download ]]; then download_wheelhouse "$2"; else install_offline "$2"; fi
       return ;;
     '') ;;
-    *) die "unknown argument '$1'; usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR]" ;;
+    --lock) make_lock; return ;;
+    *) die "unknown argument '$1'; usage: bash tools/setup_env.sh [--print-plan | --download DIR | --offline DIR | --lock]" ;;
   esac
+  check_lock
 
   if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(wanted_stamp)" ]]; then
     if out=$(verify_env 2>&1); then
@@ -450,8 +538,7 @@ main() {
   index="$(torch_index_url)"
   [[ -n "$index" ]] && torch_from=(--index-url "$index")
   say "step 1/4: build tools, numpy, torch $(pin torch) + torchvision $(pin torchvision) (a matching pair, ~5 GB on first install)${index:+ from $index}"
-  "${PIP[@]}" install "${PIP_QUIET[@]}" --upgrade pip wheel ninja "setuptools==$(pin setuptools)"
-  "${PIP[@]}" install "${PIP_QUIET[@]}" "numpy==$(pin numpy)" "opencv-python==$(pin opencv-python)"
+  install_locked pip wheel ninja setuptools numpy opencv-python
   "${PIP[@]}" install "${PIP_QUIET[@]}" "${torch_from[@]}" "$(torch_spec torch)" "$(torch_spec torchvision)"
 
   local facts
@@ -494,16 +581,12 @@ install_stack() {
     say "step 2/4: using cached mmcv wheel $WHEEL_DIR"
   fi
 
-  say "step 3/4: mmcv, mmengine, mmpretrain, mmdet, mmsegmentation and test tools"
+  say "step 3/4: mmcv, then mmengine, mmpretrain, mmdet, mmsegmentation and test tools: the lock, hash-checked"
   "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
   write_mmcv_record
-  # Pins are passed as constraints so that nothing upgrades torch, numpy or mmcv behind our back.
-  "${PIP[@]}" install "${PIP_QUIET[@]}" -c "${CONSTRAINTS:-$PINS}" \
-    "mmcv==$MMCV_V" "mmengine==$(pin mmengine)" "mmpretrain==$(pin mmpretrain)" \
-    "mmdet==$(pin mmdet)" "mmsegmentation==$(pin mmsegmentation)" \
-    "ftfy==$(pin ftfy)" "regex==$(pin regex)" "matplotlib==$(pin matplotlib)" \
-    "tensorboard==$(pin tensorboard)" "imagecorruptions-imaug==$(pin imagecorruptions-imaug)" \
-    "torchmetrics==$(pin torchmetrics)" -r "$TEST_REQS"
+  # exact versions for all: nothing upgrades numpy behind our back; torch and mmcv are
+  # installed already, so pip keeps them (they are not in the lock)
+  install_locked
   "${PIP[@]}" install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e "$ROOT"
 
   say "step 4/4: verifying imports and compiled ops"
