@@ -49,13 +49,13 @@ def fmnist_source(tmp_path):
 
 
 def test_gzip_bomb_is_refused_from_its_header(fmnist_source, tmp_path):
-    """A 64 MB stream after 12 images' header (64 KB compressed): before, all of it was
+    """A 32 MB stream after 12 images' header (32 KB compressed): before, all of it was
     decompressed to disk and then found too long; now the copy stops one byte past the size
     the header gives, and a header claiming more than Fashion-MNIST's 60000 images is refused
     before any data are read."""
     from mmtlalign.datasets import fashion_mnist as fm
     bomb = osp.join(fmnist_source, 'train-images-idx3-ubyte.gz')
-    gzip_bomb(bomb, idx_header(fm.IMAGE_MAGIC, 12, 28, 28), 64 << 20)
+    gzip_bomb(bomb, idx_header(fm.IMAGE_MAGIC, 12, 28, 28), 32 << 20)
     assert osp.getsize(bomb) < 2 << 20
 
     # live without the check: the plain decompression the file got before writes all of it
@@ -63,7 +63,7 @@ def test_gzip_bomb_is_refused_from_its_header(fmnist_source, tmp_path):
     with gzip.open(bomb, 'rb') as fin, open(tmp_path / 'plain', 'wb') as fout:
         import shutil
         shutil.copyfileobj(fin, fout, length=1 << 20)
-    assert written_bytes() - before > 64 << 20
+    assert written_bytes() - before > 32 << 20
     os.remove(tmp_path / 'plain')
 
     before = written_bytes()
@@ -84,6 +84,7 @@ def test_gzip_bomb_is_refused_from_its_header(fmnist_source, tmp_path):
     assert written_bytes() - before < 64 << 10
 
 
+@pytest.mark.slow  # a tools/demo.py process: ~20 s of imports on 2 busy cores
 def test_demo_fmnist_source_bomb_is_one_line(fmnist_source, tmp_path):
     """The real entry point: tools/demo.py --fmnist-source DIR stops in one line, at once."""
     from mmtlalign.datasets import fashion_mnist as fm
@@ -311,3 +312,26 @@ def test_coco_json_that_would_not_fit_in_memory(tmp_path, monkeypatch):
     coco = datagen.make_coco(str(tmp_path / 'coco'))
     ann = osp.join(coco, 'annotations', 'instances_train2017.json')
     assert coco_check._read_coco(ann, 'train_dataloader')['categories']  # a genuine file
+
+
+def test_evaluation_loaders_refuse_an_image_bomb(tmp_path, bomb_bytes):
+    """The evaluation stages' loaders (no Runner, no DataCheckHook) on a ``--data``-style
+    clean test set: the Evaluator makes its loader the checked one. (The model is not needed
+    for the loader, so none is built here.)"""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmtlalign.engine.data_checks import DataError
+    from mmtlalign.evaluation.evaluator import Evaluator
+    init_default_scope('mmpretrain')  # as the evaluation CLI does
+    root = datagen.make_imagenet(str(tmp_path / 'data'), num_classes=2, per_class=2, size=32)
+    (tmp_path / 'data' / 'train' / 'n00000001' / 'zz.png').write_bytes(bomb_bytes)
+    ev = Evaluator.__new__(Evaluator)
+    ev.cfg, ev.batch_size = Config(dict(default_scope='mmpretrain', test_dataloader=dict(
+        batch_size=8, num_workers=0, collate_fn=dict(type='default_collate'),
+        dataset=dict(type='CustomDataset', data_root=root, data_prefix='train',
+                     pipeline=[dict(type='LoadImageFromFile'),
+                               dict(type='Resize', scale=(32, 32)),
+                               dict(type='PackInputs')])))), None
+    with pytest.raises(DataError, match=r'^image too large to decode: 10000x10000'):
+        list(ev.loader())

@@ -24,7 +24,7 @@ set and how to point at it.
 
 The sets are downloaded from third parties, so their images are input: the pipeline's
 ``LoadImageFromFile`` is made the checked loader of :mod:`mmtlalign.engine.data_checks`
-(``CheckedLoadImageFromFile``, by its registry name), which names a truncated or undecodable
+(:func:`~mmtlalign.engine.data_checks.checked_pipeline`), which names a truncated or undecodable
 image and refuses a decompression bomb from its header, before any decoder allocates it.
 (The evaluation stages build these loaders without a Runner, so no ``DataCheckHook`` is there
 to do it.)
@@ -33,10 +33,10 @@ import os
 import os.path as osp
 from functools import lru_cache
 
-from mmcv.transforms import LoadImageFromFile
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
 
+from ..engine.data_checks import checked_pipeline
 from ..errors import UserInputError
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -82,14 +82,6 @@ def _images(folder):
 
 def _class_folders(root):
     return sorted(d for d in os.listdir(root) if osp.isdir(osp.join(root, d)))
-
-
-def checked_pipeline(pipeline):
-    """``pipeline`` (transform configs) with mmcv's plain ``LoadImageFromFile`` made
-    ``CheckedLoadImageFromFile``, its settings kept."""
-    plain = ('LoadImageFromFile', 'mmcv.LoadImageFromFile', LoadImageFromFile)
-    return [dict(t, type='CheckedLoadImageFromFile')
-            if isinstance(t, dict) and t.get('type') in plain else t for t in pipeline]
 
 
 def check_root(name, data_root, hint=''):

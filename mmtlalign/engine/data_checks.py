@@ -159,6 +159,15 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
                 + f", on_error='{self.on_error}', max_pixels={self.max_pixels})")
 
 
+def checked_pipeline(pipeline):
+    """``pipeline`` (transform configs) with mmcv's plain ``LoadImageFromFile`` made
+    :class:`CheckedLoadImageFromFile`, its settings kept: for the loaders built without a
+    Runner, where no :class:`DataCheckHook` swaps it (the evaluation stages)."""
+    plain = ('LoadImageFromFile', 'mmcv.LoadImageFromFile', LoadImageFromFile)
+    return [dict(t, type='CheckedLoadImageFromFile')
+            if isinstance(t, dict) and t.get('type') in plain else t for t in pipeline or []]
+
+
 def _leaf_datasets(dataset):
     """The datasets inside dataset wrappers (Concat/Repeat/ClassBalanced...)."""
     inner = getattr(dataset, 'datasets', None)

@@ -8,6 +8,7 @@ import os.path as osp
 
 import torch
 
+from ..engine.data_checks import checked_pipeline
 from ..errors import UserInputError
 
 
@@ -104,6 +105,8 @@ class Evaluator:
             dataset = copy.deepcopy(dict(dataset))
             dataset.setdefault('pipeline', ds.get('pipeline', []))
             ds = dataset
+        if ds.get('pipeline') is not None:  # no Runner here, so no DataCheckHook to do it
+            ds['pipeline'] = checked_pipeline(ds['pipeline'])
         return _with_subset(ds, num_images)
 
     def loader(self, dataset=None, num_images=None):
