@@ -524,8 +524,8 @@ main() {
 
   PYTHON="${PYTHON:-python3}"
   command -v "$PYTHON" >/dev/null || die "no '$PYTHON' on PATH; set PYTHON=/path/to/python3.11"
-  "$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 9), sys.version' \
-    || die "Python >= 3.9 is needed (OpenMMLab 2.x); set PYTHON=/path/to/python3"
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
+    || die "Python >= 3.11 is needed (the pinned scikit-image 0.26, and the lock is resolved for it); set PYTHON=/path/to/python3.11"
 
   if [[ ! -x "$VENV/bin/python" ]]; then
     say "creating virtual environment $VENV"
