@@ -1,7 +1,8 @@
 """mmtlalign: Token-Label Alignment (TL-Align) for OpenMMLab.
 
 Importing the package registers its components in mmpretrain's registries (and the backbones in
-mmdet's and mmseg's), and routes mmengine's local checkpoint loads through
+mmdet's and mmseg's), and routes every checkpoint load of mmengine's ``CheckpointLoader`` (local
+paths, URLs, ``open-mmlab://`` names and the rest: :mod:`mmtlalign.checkpoint.remote`) through
 :func:`mmtlalign.checkpoint.load_checkpoint_file` (weights only; the few types mmengine
 checkpoints hold are allowed during those loads alone). Configs reach it with
 ``custom_imports=dict(imports=['mmtlalign'], allow_failed_imports=False)``.
@@ -18,12 +19,12 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API
                         category=UserWarning)
 
 from . import datasets, engine, models  # noqa: E402,F401  (register components)
-from .checkpoint.loader import use_safe_local_loader  # noqa: E402
+from .checkpoint.remote import use_safe_loaders  # noqa: E402
 from .config_scope import install as _install_config_scope  # noqa: E402
 from .registry import register_backbones_downstream  # noqa: E402
 from .version import __version__  # noqa: E402
 
-use_safe_local_loader()
+use_safe_loaders()
 register_backbones_downstream()
 _install_config_scope()
 

@@ -383,3 +383,108 @@ def test_coco_class_names_missing_from_annotations(tmp_path):
                                                     rf"has names that are not categories.*"
                                                     rf"'{wrong[-1]}'"):
         launch.check_coco_classes(cfg, ['train_dataloader', 'val_dataloader'])
+
+
+# ----------------------------------------------------------------------------- file shapes
+# (issue 29) What the unpickler lets through but no checkpoint holds: compressed zip records,
+# sparse tensors, a million-item container, nesting deeper than any checkpoint.
+_BOMB_BYTES = 400 * 2 ** 20
+
+
+def _deflate_bomb(dst):
+    """A real ``torch.save`` file of one 400 MB zero tensor, its records repacked DEFLATE:
+    about 400 KB on disk."""
+    import shutil
+    import zipfile
+    plain = dst + '.plain'
+    torch.save({'state_dict': {'w': torch.zeros(_BOMB_BYTES, dtype=torch.uint8)}, 'meta': {}},
+               plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(
+            dst, 'w', zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for info in src.infolist():
+            with src.open(info) as r, out.open(info.filename, 'w', force_zip64=True) as w:
+                shutil.copyfileobj(r, w, 1 << 20)
+    os.remove(plain)
+    return dst
+
+
+_PEAK = """
+import resource, sys, torch
+import mmtlalign  # both modes pay for the same imports
+from mmtlalign.checkpoint.loader import load_checkpoint_file
+try:
+    ckpt = (load_checkpoint_file(sys.argv[2]) if sys.argv[1] == 'checked'
+            else torch.load(sys.argv[2], weights_only=True))
+    print('loaded', ckpt['state_dict']['w'].numel())
+except Exception as e:
+    print('refused', type(e).__name__, str(e).replace(chr(10), ' '))
+print('maxrss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_compressed_zip_records_are_refused_before_torch_inflates_them(tmp_path):
+    import subprocess
+    bomb = _deflate_bomb(str(tmp_path / 'bomb.pth'))
+    size = os.path.getsize(bomb)
+    assert size < 2 * 2 ** 20, size  # ~1000x smaller than what it inflates to
+    peaks = {}
+    for mode in ('plain', 'checked'):
+        out = subprocess.run([sys.executable, '-c', _PEAK, mode, bomb], capture_output=True,
+                             text=True, timeout=600, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+        lines = out.stdout.splitlines()
+        assert lines and lines[-1].startswith('maxrss_mb'), out.stderr[-2000:]
+        peaks[mode] = (lines[0], int(lines[-1].split()[1]))
+    print(f'\nzip bomb of {size / 1024:.0f} KB: peak RSS plain torch.load '
+          f'{peaks["plain"][1]} MB, checked {peaks["checked"][1]} MB')
+    assert peaks['plain'][0] == f'loaded {_BOMB_BYTES}'  # live: torch inflates it
+    assert peaks['checked'][0].startswith('refused CheckpointLoadError')
+    assert 'compressed record' in peaks['checked'][0]
+    assert peaks['plain'][1] - peaks['checked'][1] > 300, peaks
+
+
+def test_sparse_tensors_are_refused(tmp_path):
+    """A 1 KB sparse tensor that claims 10^12 elements: torch loads it (and checks only that
+    its indices are inside the claimed shape); a converter's ``to_dense`` would not survive."""
+    from mmtlalign.checkpoint.loader import CheckpointLoadError, load_checkpoint_file
+    big = torch.sparse_coo_tensor(torch.tensor([[0, 999_999], [0, 999_999]]),
+                                  torch.ones(2), size=(10 ** 6, 10 ** 6))
+    for name, tensor in (('coo', big), ('csr', torch.eye(3).to_sparse_csr())):
+        path = str(tmp_path / f'{name}.pth')
+        torch.save({'state_dict': {'w': tensor}, 'meta': {}}, path)
+        loaded = torch.load(path, weights_only=True)['state_dict']['w']  # live
+        assert loaded.layout == tensor.layout and loaded.shape == tensor.shape
+        with pytest.raises(CheckpointLoadError, match=f'layout {tensor.layout}') as error:
+            load_checkpoint_file(path)
+        assert '\n' not in str(error.value)
+
+
+def test_million_item_containers_are_refused(tmp_path):
+    """``dataset_meta`` with more classes than :data:`MAX_ITEMS` (ImageNet-21k has 21841)."""
+    from mmtlalign.checkpoint.loader import MAX_ITEMS, CheckpointLoadError, load_checkpoint_file
+    path = str(tmp_path / 'classes.pth')
+    classes = ['c'] * (MAX_ITEMS + 1)
+    torch.save({'state_dict': {}, 'meta': {'dataset_meta': {'classes': classes}}}, path)
+    assert len(torch.load(path, weights_only=True)['meta']['dataset_meta']['classes']) > MAX_ITEMS
+    with pytest.raises(CheckpointLoadError, match=r"\['classes'\] holds 1000001 items"):
+        load_checkpoint_file(path)
+
+
+def test_deep_nesting_is_refused_before_anything_recurses(tmp_path):
+    """100000 nested lists (built by the unpickler's loop, no recursion): plain torch.load
+    returns them and the first recursive walk (``copy.deepcopy``, printing) overflows."""
+    import copy
+
+    from mmtlalign.checkpoint.loader import CheckpointLoadError, load_checkpoint_file
+    depth = 100_000
+    path = str(tmp_path / 'deep.pth')
+    torch.save({'state_dict': {}, 'meta': _Raw(b']' * depth + b'a' * (depth - 1))}, path,
+               pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
+               pickle_protocol=2)
+    deep = torch.load(path, weights_only=True)  # live
+    with pytest.raises(RecursionError):
+        copy.deepcopy(deep)
+    with pytest.raises(CheckpointLoadError, match='nested more than 64 levels') as error:
+        load_checkpoint_file(path)
+    assert '\n' not in str(error.value)

@@ -22,6 +22,7 @@ A ``best_ckpt`` path survives only as a ``best_*.pth`` file in the checkpoint's 
 run's work dir), ``keep_ckpt_ids`` only as integers.
 """
 import ast
+import importlib.util
 import keyword
 import math
 import os.path as osp
@@ -34,6 +35,8 @@ _CONFIG_TEXT_KEYS = (('meta', 'config'), ('meta', 'cfg'), ('message_hub.runtime_
 _TRUSTED_IMPORTS = ('mmtlalign', 'mmpretrain', 'mmdet', 'mmseg', 'mmengine', 'mmcv')
 #: names that make mmengine load or import something, or shadow what our text calls
 _DROPPED_NAMES = ('_base_', '_deprecation_', 'dict', 'float')
+#: top-level names mmengine's Config refuses (``KeyError: filename is reserved``)
+_RESERVED_NAMES = ('filename', 'text', 'pretty_text', 'env_variables')
 _BEST_NAME = re.compile(r'^best_[\w.\-]+\.pth$')
 UNTRUSTED_KEY = 'untrusted_config_text'
 
@@ -56,7 +59,11 @@ def _value(node):
         items = [_value(e) for e in node.elts]
         return items if isinstance(node, ast.List) else tuple(items)
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_value(k): _value(v) for k, v in zip(node.keys, node.values)}
+        keys = [_value(k) for k in node.keys]
+        for key, k in zip(keys, node.keys):
+            if not _hashable(key):
+                raise NotPlainData(f'line {k.lineno}: a {type(key).__name__} as a dict key')
+        return dict(zip(keys, [_value(v) for v in node.values]))
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict'
             and len(node.args) <= 1 and all(k.arg is not None for k in node.keywords)):
         # dict(k=v) and dict({...}) (pretty_text writes non-identifier keys so)
@@ -66,6 +73,22 @@ def _value(node):
         return {**base, **{k.arg: _value(k.value) for k in node.keywords}}
     raise NotPlainData(f'line {getattr(node, "lineno", "?")}: {type(node).__name__} is not '
                        'plain data')
+
+
+def _hashable(key):
+    """Plain dict keys: scalars and tuples of them (a list key is a TypeError in Python)."""
+    if isinstance(key, tuple):
+        return all(_hashable(k) for k in key)
+    return isinstance(key, (str, int, float, bool, type(None)))
+
+
+def _str_source(text):
+    """A string literal that never shows ``{{`` to mmengine: it rewrites ``{{_base_.x}}`` and
+    ``{{ fileDirname }}`` in a config's *text* before running it, inside strings too. Split at
+    every ``{{``, the pieces are adjacent literals that Python joins back."""
+    if '{{' not in text:
+        return repr(text)
+    return '(' + ' '.join(repr(piece) for piece in re.split(r'(?<=\{)(?=\{)', text)) + ')'
 
 
 def _source(value):
@@ -81,14 +104,26 @@ def _source(value):
         return '(' + ''.join(_source(v) + ', ' for v in value) + ')'
     if isinstance(value, float) and not math.isfinite(value):
         return f'float({str(value)!r})'
+    if isinstance(value, str):
+        return _str_source(value)
     return repr(value)
 
 
 def _trusted_imports(value):
+    """``custom_imports`` that name only installed modules of the OpenMMLab packages (a
+    missing one makes mmengine raise ``ImportError`` when it reads the text)."""
     imports = value.get('imports', []) if isinstance(value, dict) else None
     imports = [imports] if isinstance(imports, str) else imports
     return isinstance(imports, (list, tuple)) and all(
-        isinstance(m, str) and m.split('.')[0] in _TRUSTED_IMPORTS for m in imports)
+        isinstance(m, str) and m.split('.')[0] in _TRUSTED_IMPORTS and _installed(m)
+        for m in imports)
+
+
+def _installed(module):
+    try:  # imports the parent packages: trusted ones only (checked above)
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def plain_config_text(text):
@@ -114,11 +149,27 @@ def plain_config_text(text):
         name, value = stmt.targets[0].id, _value(stmt.value)
         if name in _DROPPED_NAMES or name.startswith('__'):
             continue
+        if name in _RESERVED_NAMES:
+            raise NotPlainData(f'line {stmt.lineno}: {name!r} is a name mmengine reserves')
         if name == 'custom_imports' and not _trusted_imports(value):
             continue
         lines.append(f'{name} = {_source(value)}')
-    return '\n'.join(lines) + '\n'
+    ours = '\n'.join(lines) + '\n'
+    _check_mmengine_reads(ours)
+    return ours
 
+
+def _check_mmengine_reads(text):
+    """Raise :class:`NotPlainData` unless mmengine's ``Config.fromstring`` reads ``text`` (our
+    own lines: it runs nothing of the file's), so that what we keep never fails later with a
+    traceback from deep inside mmengine."""
+    from mmengine.config import Config  # lazy: inert.py itself needs no framework
+    try:
+        Config.fromstring(text, '.py')
+    except Exception as e:  # noqa: BLE001 - mmengine raises many kinds for a text it refuses
+        message = ' '.join(str(e).split())[:120]
+        raise NotPlainData(f'mmengine does not read it back ({type(e).__name__}: '
+                           f'{message})') from None
 
 # ----------------------------------------------------------------------------- paths
 def _plain_best_path(value, folder):

@@ -25,23 +25,30 @@ During our loads the allow-list is *exactly* this one: torch's process-wide list
 ``torch.serialization.add_safe_globals`` collected -- torch.distributed alone adds every builtin
 exception and ``traceback.FrameSummary``, whose constructor reads lines of any local file) is
 set aside for the loading thread only, and left untouched for the user and for other threads
-(:func:`exclusive_globals`). After unpickling, every tensor must fit in its storage (a stride-0
-"tensor" of a 2 KB file can expand to gigabytes in a converter), every numpy dtype must be a
-plain numeric one (BUILD can give an allowed dtype hidden object fields), and the plain data
+(:func:`exclusive_globals`). Before unpickling, a zip record that is compressed is refused
+(``torch.save`` never compresses; torch's reader would inflate a 400 KB record to 400 MB).
+After unpickling, every tensor must be dense and fit in its storage (a stride-0 "tensor" of a
+2 KB file can expand to gigabytes in a converter; a sparse one claims any shape), every numpy
+dtype must be a plain numeric one (BUILD can give an allowed dtype hidden object fields), no
+container may hold more than a million items nor nest more than 64 deep, and the plain data
 that mmengine acts on is made inert (:mod:`.inert`: config text that it would execute, paths
-that it would delete).
+that it would delete). :mod:`.remote` sends every scheme of mmengine's ``CheckpointLoader``
+(URLs included) here.
 
 A file the safe loader refuses, or one that is not a (complete) checkpoint, raises
 :class:`CheckpointLoadError` with a message saying which.
 """
 import argparse
+import io
 import os.path as osp
 import pickle
 import threading
+import zipfile
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch import _weights_only_unpickler as _wou
 
 from ..errors import UserInputError
@@ -225,9 +232,18 @@ _PLAIN_KINDS = 'biuf'
 
 
 def _check_tensor(t, where):
-    """A tensor must fit in its own storage: no stride-0 or overlapping expansion."""
+    """A tensor must be a dense (strided) one that fits in its own storage: no stride-0 or
+    overlapping expansion.
+
+    Sparse (COO/CSR/CSC/BSR/BSC) and nested tensors are refused outright rather than checked:
+    no mmengine, mmpretrain, mmdet, mmseg or timm checkpoint holds one, so there is nothing to
+    keep, and their size is set by a separate shape that torch checks only against the
+    indices, not against what ``to_dense()`` (or any dense op a converter applies) would
+    allocate -- a 1 KB file can claim a 10^12-element tensor.
+    """
     if t.layout != torch.strided:
-        return
+        _refuse(f'tensor {where} has layout {t.layout} of shape {tuple(t.shape)}; checkpoints '
+                'hold dense tensors only')
     if any(s < 0 for s in t.stride()):
         _refuse(f'tensor {where} has a negative stride')
     needed = t.numel() * t.element_size()
@@ -244,11 +260,23 @@ def _check_dtype(dtype, where):
         _refuse(f'numpy dtype at {where} is not a plain numeric dtype')
 
 
+#: the most items of one container: ImageNet-21k's 21841 class names, a detector's or
+#: optimizer's few thousand parameter entries are far below; a 10^7-name ``dataset_meta``
+#: makes visualisers build 10^7 palette entries and logs print them
+MAX_ITEMS = 1_000_000
+#: the deepest nesting: mmengine's checkpoints nest about 6 levels
+MAX_DEPTH = 64
+
+
 def check_plain(obj, where='checkpoint', depth=0):
-    """Walk what the unpickler built; refuse tensors that overflow their storage and numpy
-    values of non-plain dtypes."""
-    if depth > 64:
-        _refuse(f'{where} is nested more than 64 levels deep')
+    """Walk what the unpickler built; refuse tensors that are not dense or overflow their
+    storage, numpy values of non-plain dtypes, containers of more than :data:`MAX_ITEMS`
+    items and nesting deeper than :data:`MAX_DEPTH` (before anything recurses into it)."""
+    if depth > MAX_DEPTH:
+        _refuse(f'{where} is nested more than {MAX_DEPTH} levels deep')
+    if isinstance(obj, (dict, list, tuple, set, frozenset)) and len(obj) > MAX_ITEMS:
+        _refuse(f'{where} holds {len(obj)} items (more than {MAX_ITEMS}): no checkpoint '
+                'needs that many')
     if torch.is_tensor(obj):
         _check_tensor(obj, where)
     elif isinstance(obj, np.dtype):
@@ -266,6 +294,40 @@ def check_plain(obj, where='checkpoint', depth=0):
             check_plain(v, f'{where}.{k}'[:300], depth + 1)
 
 
+def check_zip_records(source, name):
+    """Refuse a zip checkpoint with a compressed record, before torch reads it.
+
+    ``torch.save`` stores every record uncompressed (``ZIP_STORED``), but torch's reader
+    inflates DEFLATE records, so a 400 KB file can become a 400 MB tensor that fits its storage
+    (about 1000x the file). A stored record takes at most the file's size.
+
+    Args:
+        source (str | file): the checkpoint's path, or a seekable binary file.
+        name (str): how to name it in the error.
+    """
+    if not zipfile.is_zipfile(source):
+        return  # torch's legacy (pre-1.6) format: a plain pickle stream, nothing inflates
+    if hasattr(source, 'seek'):
+        source.seek(0)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointLoadError(f'{name!r} is not a readable PyTorch checkpoint (a damaged '
+                                  f'zip archive: {e}). Re-download or re-save it.') from None
+    finally:
+        if hasattr(source, 'seek'):
+            source.seek(0)
+    packed = [r for r in records if r.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        r = packed[0]
+        raise CheckpointLoadError(
+            f'checkpoint {name!r} has {len(packed)} compressed record(s) (first: {r.filename!r}, '
+            f'{r.compress_size} bytes that inflate to {r.file_size}); torch.save never '
+            'compresses, so the file was repacked by other tools or made to exhaust memory. '
+            'Do not load it unless you know where it came from (re-save it with torch.save).')
+
+
 # ----------------------------------------------------------------------------- loading
 _REFUSED = ('Unsupported global', 'Can only build', 'Can only create new object',
             'Trying to call reduce', 'refused by mmtlalign', 'is blocked')
@@ -275,27 +337,47 @@ def load_checkpoint_file(path, map_location='cpu', extra_globals=()):
     """``torch.load(path, weights_only=True)`` with the mmengine allow-list, clear errors.
 
     Args:
-        path (str): a local file.
+        path (str): a local file, or a name that mmengine's ``CheckpointLoader`` knows
+            (``https://...``, ``open-mmlab://...``): its scheme, routed by :mod:`.remote`,
+            fetches the file and loads it here.
         map_location: as :func:`torch.load`.
-        extra_globals (Sequence): more allow-list entries for this load only.
+        extra_globals (Sequence): more allow-list entries for this load only (local files).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointLoadError: the file holds objects the safe loader refuses, or is not a
-            complete PyTorch checkpoint.
+        CheckpointLoadError: the file holds objects the safe loader refuses, has compressed
+            records, or is not a complete PyTorch checkpoint.
     """
+    if '://' in path and not osp.isfile(osp.expanduser(path)):
+        return CheckpointLoader.load_checkpoint(path, map_location=map_location)
+    return load_local_checkpoint(path, map_location, extra_globals)
+
+
+def load_local_checkpoint(path, map_location='cpu', extra_globals=()):
+    """:func:`load_checkpoint_file` for a local file only (mmengine's ``''`` scheme)."""
     path = osp.expanduser(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} can not be found.')
+    return _load_checked(path, path, map_location, extra_globals)
+
+
+def load_checkpoint_bytes(data, name, map_location='cpu'):
+    """:func:`load_checkpoint_file` for a checkpoint already in memory (a file backend's
+    ``get``); ``name`` names it in errors and is where a ``best_ckpt`` would have to be."""
+    return _load_checked(io.BytesIO(data), name, map_location, ())
+
+
+def _load_checked(source, name, map_location, extra_globals):
+    check_zip_records(source, name)
     try:
         with checkpoint_globals(extra_globals):
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(source, map_location=map_location, weights_only=True)
         check_plain(checkpoint)
     except (FileNotFoundError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise CheckpointLoadError(_describe_failure(path, e)) from None
-    warn_changes(path, neutralise(checkpoint, path))
+        raise CheckpointLoadError(_describe_failure(name, e)) from None
+    warn_changes(name, neutralise(checkpoint, name))
     return checkpoint
 
 
@@ -310,17 +392,3 @@ def _describe_failure(path, error):
                 'was tampered with. Do not load it unless you know where it came from.')
     return (f'{path!r} is not a readable PyTorch checkpoint (truncated, corrupt, or another '
             f'kind of file: {type(error).__name__}: {text[:200]}). Re-download or re-save it.')
-
-
-def _load_from_local(filename, map_location=None):
-    """mmengine's local-file checkpoint scheme, through :func:`load_checkpoint_file`."""
-    return load_checkpoint_file(filename, map_location=map_location)
-
-
-def use_safe_local_loader():
-    """Route mmengine's local checkpoint loads (``Runner`` ``load_from`` / ``resume``,
-    ``init_cfg=dict(type='Pretrained')``, ``load_checkpoint``, mmpretrain's ``get_model``)
-    through :func:`load_checkpoint_file`: explicitly weights-only, with the allow-list scoped
-    to each load."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
