@@ -566,7 +566,7 @@ randomness = dict(seed=0)
     work = str(tmp / 'work')
     ok(datagen.train_tool(config, work, data))
     out = ok(datagen.train_tool(config, work, data, '--resume',
-                                options=('train_cfg.max_epochs=2', )))
+                                options=('train_cfg.max_epochs=2', 'resume_schedule=config')))
     return dict(work=work, data=data, out=out)
 
 

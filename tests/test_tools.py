@@ -69,7 +69,8 @@ def test_train_validates_and_checkpoints(first_run):
 @pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(first_run, imagenet, deit_config):
     work_dir, _ = first_run
-    options = datagen.tiny_cls_options(imagenet, epochs=2)
+    # a longer schedule than the checkpoint's: its T_max from the config (issue 29)
+    options = datagen.tiny_cls_options(imagenet, epochs=2) + ['resume_schedule=config']
     result = run_tool(train_cmd(deit_config, work_dir, options, '--resume'))
     assert result.returncode == 0, result.stderr[-3000:]
     log = read_log(work_dir)

@@ -133,7 +133,7 @@ def test_resume_executes_nothing_and_deletes_nothing(env, victims, tmp_path, how
     work = tmp_path / 'w'
     crafted = poison(env.genuine, victims, tmp_path / 'crafted.pth')
     argv = [env.config, '--work-dir', str(work)]
-    options = [*env.options, 'train_cfg.max_epochs=2',
+    options = [*env.options, 'train_cfg.max_epochs=2', 'resume_schedule=config',
                'default_hooks.checkpoint.save_best=accuracy/top1',
                'default_hooks.checkpoint.max_keep_ckpts=1']
     if how == '--resume PATH':

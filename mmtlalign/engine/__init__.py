@@ -1,7 +1,8 @@
 """Reliability for long runs: exact resume, atomic checkpoints, non-finite loss, bad data.
 
 Importing registers, in mmengine's root registries (so every scope finds them):
-hooks ``ExactResumeHook``, ``AtomicCheckpointHook``, ``NonFiniteLossHook``, ``DataCheckHook``;
+hooks ``ExactResumeHook``, ``ResumeCheckHook``, ``AtomicCheckpointHook``, ``NonFiniteLossHook``,
+``DataCheckHook``;
 the transform ``CheckedLoadImageFromFile``; the file backend ``atomic_local``.
 """
 from .checkpoint import AtomicCheckpointHook, AtomicLocalBackend, atomic_write
@@ -11,9 +12,11 @@ from .downstream_checks import DownstreamChecksHook
 from .nonfinite import NonFiniteLossError, NonFiniteLossHook
 from .preemption import PreemptionHook  # noqa: F401  (SIGUSR1/SIGTERM: save, requeue)
 from .resume import ExactResumeHook
+from .resume_check import ResumeCheckHook, ResumeStateError
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'atomic_write', 'CheckedLoadImageFromFile',
     'DataCheckHook', 'DataError', 'ExactResumeHook', 'NonFiniteLossError', 'NonFiniteLossHook',
-    'CompileRunner', 'compile_model', 'DownstreamChecksHook'
+    'CompileRunner', 'compile_model', 'DownstreamChecksHook', 'ResumeCheckHook',
+    'ResumeStateError'
 ]

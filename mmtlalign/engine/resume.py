@@ -20,6 +20,9 @@ before the first batch that is trained after the resume point. It also skips the
 an interrupted epoch, and keeps validation from moving the training random state (so whether a
 run validated at an iteration, or was resumed there, does not change what follows).
 
+On resume the record is checked first: generator states of the types and shapes this process's
+generators have, or a one-line :class:`~mmtlalign.engine.resume_check.ResumeStateError`.
+
 In distributed runs only rank 0 writes checkpoints, so the other ranks' states are gathered to it
 first; :class:`~mmtlalign.engine.checkpoint.AtomicCheckpointHook` does that (with mmengine's plain
 ``CheckpointHook`` only rank 0's state is saved and the hook warns).
@@ -39,6 +42,7 @@ from mmengine.runner import EpochBasedTrainLoop
 
 from ..models.mixing import BatchMixer
 from ._loader import restart_train_iterator
+from .resume_check import ResumeStateError
 
 STATE_KEY = 'exact_resume'
 STATE_VERSION = 1
@@ -118,6 +122,100 @@ def _set_cuda_rng_state(saved):
             f'process sees {have} (CUDA_VISIBLE_DEVICES or the machine changed): restored '
             f'GPU(s) 0-{common - 1} only, so GPU random numbers after the resume may differ '
             'from an uninterrupted run. Resume with the same visible GPUs for an exact resume.')
+
+
+# ----------------------------------------------------------------------------- checking
+def _bad(where, what):
+    raise ResumeStateError(
+        f'resume: {STATE_KEY}{where} {what}; ExactResumeHook never writes that (the file is '
+        'damaged or was edited). Resume from a checkpoint this run wrote, or remove '
+        'ExactResumeHook from custom_hooks to resume without the random state (not bitwise '
+        'exact).')
+
+
+def _is_int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _check_generator_tensor(value, like, where):
+    if not torch.is_tensor(value) or value.dtype != torch.uint8 or value.shape != like.shape:
+        got = (f'a {value.dtype} tensor of shape {tuple(value.shape)}' if torch.is_tensor(value)
+               else f'a {type(value).__name__}')
+        _bad(where, f'is {got}, not the uint8 tensor of shape {tuple(like.shape)} that this '
+             'process\'s generator has')
+
+
+def check_global_rng_state(state, where=''):
+    """``state`` has the types and shapes :func:`global_rng_state` produces here."""
+    if not isinstance(state, dict) or not {'python', 'numpy', 'torch'} <= set(state):
+        _bad(where, 'lacks the python/numpy/torch generator states')
+    python = state['python']
+    if not (isinstance(python, (list, tuple)) and len(python) == 3 and python[0] == 3
+            and isinstance(python[1], (list, tuple)) and len(python[1]) == 625
+            and all(_is_int(v, 0, 2 ** 32) for v in python[1]) and python[1][-1] <= 624
+            and (python[2] is None or isinstance(python[2], float))):
+        _bad(f'{where}.python', 'is not a Mersenne Twister state (version 3, 625 words)')
+    numpy = state['numpy']
+    if not (isinstance(numpy, dict) and set(numpy) == {'key', 'pos', 'has_gauss', 'gauss'}
+            and isinstance(numpy['key'], (list, tuple)) and len(numpy['key']) == 624
+            and all(_is_int(v, 0, 2 ** 32) for v in numpy['key'])
+            and _is_int(numpy['pos'], 0, 625) and numpy['has_gauss'] in (0, 1)
+            and isinstance(numpy['gauss'], float)):
+        _bad(f'{where}.numpy', 'is not a numpy MT19937 state (624 words, pos 0-624)')
+    _check_generator_tensor(state['torch'], torch.get_rng_state(), f'{where}.torch')
+    cuda = state.get('cuda')
+    if cuda is not None:
+        if not isinstance(cuda, (list, tuple)):
+            _bad(f'{where}.cuda', f'is a {type(cuda).__name__}, not a list of GPU states')
+        like = (torch.cuda.get_rng_state(0) if torch.cuda.is_available()
+                and torch.cuda.is_initialized() else None)
+        for i, gen in enumerate(cuda):
+            if like is not None:
+                _check_generator_tensor(gen, like, f'{where}.cuda[{i}]')
+            elif not (torch.is_tensor(gen) and gen.dtype == torch.uint8 and gen.dim() == 1
+                      and gen.numel() <= 64):  # a CUDA generator state is 16 bytes
+                _bad(f'{where}.cuda[{i}]', 'is not a CUDA generator state (uint8, 16 bytes)')
+
+
+def check_exact_resume_state(pending, mixers):
+    """The checkpoint's ``exact_resume`` record has the types and shapes this hook writes
+    (see :meth:`ExactResumeHook.before_save_checkpoint`); ``mixers`` are the model's."""
+    if not isinstance(pending, dict):
+        _bad('', f'is a {type(pending).__name__}, not a dict')
+    if pending.get('version') != STATE_VERSION:
+        _bad('[\'version\']', f'is {pending.get("version")!r}, not {STATE_VERSION}')
+    for key in ('world_size', 'iter', 'epoch', 'dataloader_len'):
+        if not _is_int(pending.get(key), 1 if key == 'world_size' else 0, 2 ** 62):
+            _bad(f'[{key!r}]', f'is {pending.get(key)!r}, not a count')
+    ranks = pending.get('ranks')
+    if not isinstance(ranks, list) or not 1 <= len(ranks) <= pending['world_size']:
+        _bad("['ranks']", f'is not a list of 1-{pending["world_size"]} per-process states')
+    fresh = np.random.default_rng(0).bit_generator.state
+    for r, rank in enumerate(ranks):
+        at = f"['ranks'][{r}]"
+        if not isinstance(rank, dict) or set(rank) != {'global', 'mixers'} \
+                or not isinstance(rank['mixers'], dict):
+            _bad(at, 'is not a {global, mixers} record')
+        check_global_rng_state(rank['global'], f"{at}['global']")
+        for name, mixer_state in rank['mixers'].items():
+            if name not in mixers or mixer_state is None:
+                continue  # told apart (and warned about) when restored
+            gen = mixer_state.get('bit_generator') if isinstance(mixer_state, dict) else None
+            if not (isinstance(gen, dict) and set(gen) == set(fresh)
+                    and gen.get('bit_generator') == fresh['bit_generator']
+                    and all(_same_shape(gen[k], fresh[k]) for k in fresh)):
+                _bad(f"{at}['mixers'][{name!r}]",
+                     f'is not a numpy {fresh["bit_generator"]} generator state')
+
+
+def _same_shape(value, like):
+    """Same nested dict keys and the same leaf types (ints are ints, strs are strs)."""
+    if isinstance(like, dict):
+        return isinstance(value, dict) and set(value) == set(like) and all(
+            _same_shape(value[k], like[k]) for k in like)
+    if isinstance(like, int):
+        return _is_int(value, 0, 2 ** 128)
+    return type(value) is type(like)
 
 
 def _as_tuple(obj):
@@ -274,6 +372,8 @@ class ExactResumeHook(Hook):
         # checkpoint's, which is checked in before_train.
         self._pending = checkpoint.get(STATE_KEY)
         self._pending_seed = checkpoint.get('meta', {}).get('seed')
+        if getattr(runner, '_resume', False) and self._pending is not None:
+            check_exact_resume_state(self._pending, _mixers(runner.model))
 
     def before_train(self, runner):
         pending, self._pending = self._pending, None
