@@ -21,12 +21,12 @@ Works for any mmpretrain ViT or Swin classifier: a plain ``VisionTransformer`` /
 ``SwinTransformer`` backbone is built as its aligned subclass (same weights, same forward).
 """
 import argparse
-import json
-import os
 import os.path as osp
 import sys
 
 import numpy as np
+
+from .. import workdir
 
 ALIGNED_TYPES = {
     'VisionTransformer': 'AlignedVisionTransformer',
@@ -245,7 +245,7 @@ def plot_layer_drift(path, area, blocks, ends, title):
             ax.axvline(e + 0.5, color='gray', ls='--', lw=0.8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    workdir.write_figure(fig, path)  # never through a planted link
     plt.close(fig)
 
 
@@ -283,7 +283,7 @@ def plot_scatter(path, area, final, pred, summary, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    workdir.write_figure(fig, path)  # never through a planted link
     plt.close(fig)
 
 
@@ -331,7 +331,7 @@ def plot_share_maps(path, batch, num_maps, title, block_shares):
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     cax = fig.add_axes((0.915, 0.15, 0.015, 0.65))
     fig.colorbar(im, cax=cax, label='partner share')
-    fig.savefig(path, dpi=110)
+    workdir.write_figure(fig, path)  # never through a planted link
     plt.close(fig)
 
 
@@ -358,7 +358,7 @@ def run(args):
     num_batches = min(args.num_batches, len(loader))
     out_dir = args.out_dir or osp.join(osp.dirname(osp.abspath(args.checkpoint)),
                                        'token_fluctuation')
-    os.makedirs(out_dir, exist_ok=True)
+    workdir.makedirs(out_dir)
 
     backbone_name = type(model.backbone).__name__
     print(f'tracing {num_batches} CutMix batches of {args.batch_size} validation images through '
@@ -393,8 +393,7 @@ def run(args):
     plot_share_maps(files['share_maps'], first, min(args.num_maps, len(first['area'])), name,
                     first['blocks'])
     summary['files'] = files
-    with open(osp.join(out_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    workdir.write_json(osp.join(out_dir, 'summary.json'), summary, indent=2)
     print_summary(summary)
     return summary
 

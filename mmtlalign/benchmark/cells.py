@@ -9,17 +9,33 @@ settings when it starts, and its metrics when it has finished. A rerun
 - resumes (``tools/train.py --resume``) a cell that has a checkpoint but did not finish,
 - starts a cell from scratch otherwise,
 - and refuses a work dir that was run with other settings (it would mix two experiments).
+
+The marker is input, not trusted state (a shared work dir may hold planted files): it is read
+through :mod:`mmtlalign.workdir` (no symlink, owned by this user, size-capped) and checked
+against :data:`MARKER_SCHEMA` (statuses from a fixed set, Slurm job ids ``^\\d+(_\\d+)?$``). A
+cell is ``done`` only with the marker its run wrote at the end, holding the metrics, the
+checkpoint (a file inside the cell's work dir) and that checkpoint's SHA-256, which must still
+match: the results come from that marker, never from re-reading the scalars.
 """
 import json
-import os
 import os.path as osp
 from dataclasses import dataclass, field
 
-from mmengine.runner import find_latest_checkpoint
-
+from .. import workdir as wd
 from ..errors import UserInputError
 
 MARKER = 'benchmark_cell.json'
+STATUSES = ('running', 'submitted', 'done')
+SLURM_SCHEMA = {'job_id': wd.is_job_id, 'command?': wd.is_str, 'submitted?': wd.is_line,
+                'dependency?': wd.optional(wd.is_job_id),
+                'history?': wd.list_of(wd.is_job_id)}
+MARKER_SCHEMA = {'status': wd.one_of(*STATUSES), 'settings': wd.is_dict,
+                 'metrics?': wd.dict_of(wd.is_number), 'step?': wd.optional(wd.is_int),
+                 'checkpoint?': wd.optional(wd.is_line), 'sha256?': wd.optional(wd.is_sha256),
+                 'wall_s?': wd.optional(wd.is_number), 'slurm?': SLURM_SCHEMA}
+#: what a ``done`` marker must hold besides
+DONE_SCHEMA = {'metrics': wd.dict_of(wd.is_number), 'checkpoint': wd.is_line,
+               'sha256': wd.is_sha256}
 
 
 @dataclass
@@ -33,6 +49,7 @@ class Cell:
     metrics: list  # of Metric
     parent: 'Cell' = None  # the training cell whose checkpoint a downstream cell starts from
     checkpoint_key: str = None
+    root: str = None  # the suite's work dir (folders below it are made without following links)
     state: str = 'new'  # 'new' | 'partial' | 'done' (from the work dir, see cell_state)
     prefix: str = ''  # how progress lines name it, e.g. '[3/9] tlalign seed 1:'
     result: dict = field(default_factory=dict)
@@ -73,7 +90,8 @@ def plan_cells(suite, work_root, cfg_options=None, downstream_options=None):
                        'randomness.seed': seed}
             cell = Cell(arm=arm.name, seed=seed, stage='train', config=arm.config,
                         work_dir=osp.join(work_root, arm.name, f'seed{seed}'), options=options,
-                        metrics=[m for m in suite.metrics if m.stage == 'train'])
+                        metrics=[m for m in suite.metrics if m.stage == 'train'],
+                        root=work_root)
             cells.append(cell)
             for stage in suite.downstream:
                 opts = {**stage.cfg_options, **(downstream_options or {}),
@@ -82,40 +100,70 @@ def plan_cells(suite, work_root, cfg_options=None, downstream_options=None):
                     arm=arm.name, seed=seed, stage=stage.name, config=stage.config,
                     work_dir=osp.join(work_root, arm.name, f'seed{seed}-{stage.name}'),
                     options=opts, metrics=stage.metrics, parent=cell,
-                    checkpoint_key=stage.checkpoint_key))
+                    checkpoint_key=stage.checkpoint_key, root=work_root))
     for cell in cells:
         cell.state = cell_state(cell)
     return cells
 
 
 def read_marker(work_dir):
-    path = osp.join(work_dir, MARKER)
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The checked marker of ``work_dir``, or None (a bad one: :class:`WorkDirError`)."""
+    return wd.read_json(osp.join(work_dir, MARKER), MARKER_SCHEMA, what='benchmark cell marker',
+                        fix=f'delete it to run that cell again ({_fix(work_dir)})')
+
+
+def _fix(work_dir):
+    return f'or delete the folder {wd.shown(work_dir)}'
 
 
 def write_marker(cell, status, **extra):
-    os.makedirs(cell.work_dir, exist_ok=True)
     data = dict(status=status, settings=cell.settings(), **extra)
-    tmp = osp.join(cell.work_dir, MARKER + '.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(_jsonable(data), f, indent=2)
-    os.replace(tmp, osp.join(cell.work_dir, MARKER))
+    wd.write_json(osp.join(cell.work_dir, MARKER), _jsonable(data), root=cell.root)
+
+
+def make_work_dir(cell):
+    """Make the cell's work dir below the suite's (no symlinked folder on the way)."""
+    return wd.makedirs(cell.work_dir, cell.root)
+
+
+def finished_result(cell, marker):
+    """The result a ``done`` marker records, after checking that its checkpoint is a file
+    inside the cell's work dir whose SHA-256 is the one recorded; else a one-line
+    :class:`WorkDirError` naming the marker."""
+    path = osp.join(cell.work_dir, MARKER)
+    fix = f'delete it to run the cell again ({_fix(cell.work_dir)})'
+    problem = wd.check(marker, DONE_SCHEMA)
+    if problem:
+        raise wd.WorkDirError(f'{wd.shown(path)} says done but is not the marker of a finished '
+                              f'run ({problem}); {fix}.')
+    ckpt = marker['checkpoint']
+    if not wd.file_inside(ckpt, cell.work_dir):
+        raise wd.WorkDirError(f'{wd.shown(path)} says done but its checkpoint {wd.shown(ckpt)} '
+                              f'is not a file inside the cell\'s work dir; {fix}.')
+    if wd.sha256(ckpt) != marker['sha256']:
+        raise wd.WorkDirError(f'{wd.shown(path)} says done but its checkpoint {wd.shown(ckpt)} '
+                              'is not the one the run saved (SHA-256 differs); ' + fix + '.')
+    missing = [m.name for m in cell.metrics if m.name not in marker['metrics']]
+    if missing:
+        raise wd.WorkDirError(f'{wd.shown(path)} says done but records no {", ".join(missing)}; '
+                              f'{fix}.')
+    return dict(metrics=dict(marker['metrics']), step=marker.get('step'), missing=[],
+                checkpoint=ckpt, sha256=marker['sha256'], wall_s=marker.get('wall_s'))
 
 
 def cell_state(cell):
-    """'done', 'partial' (a checkpoint to resume from) or 'new'; refuses foreign work dirs."""
+    """'done', 'partial' (a checkpoint to resume from) or 'new'; refuses foreign work dirs.
+    A done cell's :attr:`Cell.result` is set from its (checked) marker."""
     marker = read_marker(cell.work_dir)
     if marker is not None and marker.get('settings') != cell.settings():
         raise UserInputError(
             f'{cell.work_dir} holds a run of {cell.name} with other settings '
             f'({_diff(marker.get("settings") or {}, cell.settings())}); pass another '
             '--work-dir, or delete that folder to run it again.')
-    if marker is not None and marker.get('status') == 'done':
+    if marker is not None and marker['status'] == 'done':
+        cell.result = finished_result(cell, marker)
         return 'done'
-    if osp.isdir(cell.work_dir) and find_latest_checkpoint(cell.work_dir):
+    if osp.isdir(cell.work_dir) and wd.read_last_checkpoint(cell.work_dir):
         return 'partial'
     return 'new'
 

@@ -6,7 +6,6 @@ Everything runs through the benchmark runner (:func:`run_suite`: one ``tools/tra
 per arm × seed, finished cells skipped, interrupted ones resumed) and
 ``tools/analysis/token_fluctuation.py``.
 """
-import json
 import math
 import os
 import os.path as osp
@@ -15,6 +14,7 @@ import sys
 
 import numpy as np
 
+from .. import workdir
 from ..cli.paths import tool_path
 from ..errors import UserInputError
 from .launch import Launcher
@@ -25,6 +25,8 @@ from .stages import evaluation_report
 from .suite import ROOT, load_suite
 
 SUITE = osp.join(ROOT, 'configs', 'benchmarks', 'fmnist.py')
+#: the arms of SUITE the main job runs unless --arms names others (tools/demo.py's default)
+MAIN_JOB_ARMS = ('cutmix', 'tlalign', 'transmix')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 COLORS = {'cutmix': 'tab:blue', 'tlalign': 'tab:red', 'transmix': 'tab:green'}
 
@@ -86,7 +88,6 @@ def folder_config(data, arm_config, work_dir, img_size, subset, val_subset, seed
             indices = sorted(int(i) for i in rng.choice(n, limit, replace=False))
         ann = f'meta/{split}.txt' if osp.isfile(osp.join(root, 'meta', f'{split}.txt')) else ''
         split_cfg[split] = dict(ann=ann, indices=indices, n=n if indices is None else limit)
-    os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, 'config.py')
 
     def dataset(split, pipeline):
@@ -121,8 +122,7 @@ train_dataloader = dict(dataset={dataset('train', 'train_pipeline')})
 val_dataloader = dict(dataset={dataset('val', 'test_pipeline')})
 test_dataloader = val_dataloader
 """
-    with open(path, 'w') as f:
-        f.write(text)
+    workdir.write_text(path, text)
     return path, len(classes), split_cfg
 
 
@@ -142,14 +142,14 @@ def analyse(cell, num_batches, options, seed):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    with open(osp.join(cell.work_dir, 'analysis_output.log'), 'w') as f:
-        f.write(proc.stdout + proc.stderr)
+    workdir.write_text(osp.join(cell.work_dir, 'analysis_output.log'), proc.stdout + proc.stderr,
+                       cell.root)
     if proc.returncode:
         say(f'  [{cell.name}] warning: the token-fluctuation analysis failed:\n' +
             proc.stderr[-2000:])
         return None
-    with open(osp.join(out_dir, 'summary.json')) as f:
-        return json.load(f)
+    return workdir.read_json(osp.join(out_dir, 'summary.json'), workdir.is_dict,
+                             what='token-fluctuation summary')
 
 
 def last_epoch_mean(train, key):
@@ -223,7 +223,7 @@ def plot_curves(suite, cells, analyses, path, title):
     axes[2].set_ylim(bottom=0)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    workdir.write_figure(fig, path)
     plt.close(fig)
 
 
@@ -275,6 +275,7 @@ def run_demo(args):
         options['optim_wrapper.optimizer.lr'] = args.lr
     say(f'TL-Align demo on {device}; results in {work_root}')
     if args.data:
+        suite.name = osp.basename(osp.normpath(args.data))  # the results' title: not fmnist
         for arm in suite.arms:
             arm.config, num_classes, splits = folder_config(
                 args.data, arm.config, osp.join(work_root, 'configs', arm.name), args.img_size,

@@ -4,8 +4,10 @@
 - ``--gpus N``: ``tools/dist_train.sh CONFIG N ...`` (torchrun; ``PORT`` from ``--port``);
 - ``--launcher slurm``: ``GPUS=N tools/slurm_train.sh PARTITION JOB CONFIG DIR ...`` (srun).
 
-Each cell's full output goes to ``<work_dir>/benchmark_output.log``; progress lines (epoch,
-iteration, loss, eta, validation) are parsed from it for the console.
+Each cell's full output goes to ``<work_dir>/benchmark_output.log`` (opened ``O_NOFOLLOW |
+O_APPEND`` through :mod:`mmtlalign.workdir`: a symlink planted there is refused, not appended
+through); progress lines (epoch, iteration, loss, eta, validation) are parsed from it for the
+console.
 """
 import os
 import os.path as osp
@@ -16,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .. import workdir
 from ..cli.paths import tool_path
 from ..errors import UserInputError
 from .suite import ROOT
@@ -139,14 +142,14 @@ def run(cell, launcher, resume, prefix, echo=print, env=None, live=True):
     ``env``: extra environment; ``live``: on a terminal, rewrite one status line in place
     (off when several cells run at once)."""
     argv, extra_env = command(cell, launcher, resume)
-    os.makedirs(cell.work_dir, exist_ok=True)
+    workdir.makedirs(cell.work_dir, cell.root)
     env = dict(os.environ, **(env or {}), **extra_env)
     env['PYTHONPATH'] = ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
     # idle OpenMP threads spin by default; on a shared CPU that slowed training many-fold
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tty = live and sys.stdout.isatty()
     start = time.time()
-    with open(osp.join(cell.work_dir, LOG), 'a') as log:
+    with workdir.open_append(osp.join(cell.work_dir, LOG), cell.root) as log:
         log.write(f'\n# {time.strftime("%Y-%m-%d %H:%M:%S")} {shell_line(argv, extra_env)}\n')
         log.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -188,11 +191,7 @@ def stop_all():
 
 
 def log_tail(cell, n=15):
-    path = osp.join(cell.work_dir, LOG)
-    if not osp.isfile(path):
-        return ''
-    with open(path) as f:
-        return ''.join(f.readlines()[-n:])
+    return workdir.tail(osp.join(cell.work_dir, LOG), n, cell.root)
 
 
 def stop_on_sigterm():

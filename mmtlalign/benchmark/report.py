@@ -5,11 +5,11 @@ Per arm and metric: the per-seed values, mean and sample standard deviation. Per
 seeds both ran, with its 95% t interval. The verdict names a difference only when that interval
 excludes 0; otherwise it says the arms are within the seed noise.
 """
-import json
 import math
 import os.path as osp
 import time
 
+from .. import workdir
 from .stats import mean_std, paired_difference, t_quantile
 
 
@@ -160,13 +160,11 @@ def write_markdown(results, path):
         lines += ['', verdict(results, metric['name']), '']
     for name, reason in ((results.get('evaluation') or {}).get('skipped') or {}).items():
         lines.append(f'- evaluation stage `{name}`: skipped, not scored ({reason})')
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines))
+    workdir.write_text(path, '\n'.join(lines))
 
 
 def write_json(results, path):
-    with open(path, 'w') as f:
-        json.dump(results, f, indent=2)
+    workdir.write_json(path, results, indent=2)
 
 
 def plot(results, path):
@@ -241,7 +239,7 @@ def plot(results, path):
         draw(ax)
     fig.suptitle(f'benchmark {results["suite"]}: seeds {", ".join(seeds)}')
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    workdir.write_figure(fig, path)
     plt.close(fig)
 
 

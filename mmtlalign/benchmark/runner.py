@@ -5,9 +5,11 @@ import os
 import os.path as osp
 from typing import Callable, List, Optional, Tuple
 
+from .. import workdir
+from ..cli.messages import warn
 from ..errors import UserInputError
 from . import launch as launching
-from .cells import Cell, plan_cells, read_marker, write_marker
+from .cells import Cell, make_work_dir, plan_cells, write_marker
 from .metrics import last_validation
 from .report import aggregate, write_all
 from .stages import evaluate_cells
@@ -28,20 +30,15 @@ def _short(path):
 
 
 def finished_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint a finished run left (its ``last_checkpoint``), or None."""
-    path = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        ckpt = f.read().strip()
-    return ckpt if osp.isfile(ckpt) else None
+    """The checkpoint a run left (its checked ``last_checkpoint``: one line naming a file
+    inside ``work_dir``), or None."""
+    return workdir.read_last_checkpoint(work_dir)
 
 
 def expected_checkpoint(cell: Cell) -> str:
     """Where a training cell's last checkpoint will be (for commands printed before it ran)."""
-    done = finished_checkpoint(cell.work_dir) if cell.state == 'done' else None
-    if done:
-        return done
+    if cell.state == 'done':
+        return cell.result['checkpoint']
     try:
         from mmengine.config import Config
         cfg = Config.fromfile(cell.config)
@@ -55,14 +52,25 @@ def expected_checkpoint(cell: Cell) -> str:
 
 
 def cell_result(cell: Cell) -> dict:
-    """Metrics read from the cell's own outputs, plus what the marker recorded."""
-    marker = read_marker(cell.work_dir) or {}
+    """What a run that has just ended left: the metrics of its last validation (read from its
+    own scalars, once: they go into the ``done`` marker), its checkpoint and that
+    checkpoint's SHA-256. A cell already done has them from its marker (:mod:`.cells`)."""
+    if cell.state == 'done' and cell.result:
+        return cell.result
     metrics = last_validation(cell.work_dir, cell.metrics)
     missing = [m.name for m in cell.metrics if m.name not in metrics]
+    ckpt = finished_checkpoint(cell.work_dir)
+    if ckpt is None:
+        missing.append('checkpoint (last_checkpoint)')
     return dict(metrics={k: v for k, v in metrics.items() if k != 'step'},
-                step=metrics.get('step'), missing=missing,
-                checkpoint=finished_checkpoint(cell.work_dir),
-                wall_s=marker.get('wall_s'))
+                step=metrics.get('step'), missing=missing, checkpoint=ckpt,
+                sha256=workdir.sha256(ckpt) if ckpt else None)
+
+
+def done_marker(result, **extra):
+    """The fields of a ``done`` marker (:func:`~.cells.write_marker`) for ``result``."""
+    return dict(metrics=result['metrics'], step=result['step'], checkpoint=result['checkpoint'],
+                sha256=result['sha256'], **extra)
 
 
 def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional[dict] = None,
@@ -89,6 +97,9 @@ def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional
         raise UserInputError('--jobs > 1 runs cells side by side on this machine; with --gpus '
                              'or slurm each cell already takes its GPUs: use --jobs 1.')
     work_root = osp.abspath(work_root)
+    note = workdir.shared_access_note(work_root)
+    if note:
+        warn(note)
     cells = plan_cells(suite, work_root, cfg_options, downstream_options)
     counts = {s: sum(c.state == s for c in cells) for s in ('done', 'partial', 'new')}
     echo(f'suite {suite.name}: {len(suite.arms)} arm(s) x {len(suite.seeds)} seed(s)' +
@@ -152,7 +163,7 @@ class _Run:
         if cell.parent is None:
             return
         ckpt = (expected_checkpoint(cell.parent) if dry_run else
-                finished_checkpoint(cell.parent.work_dir))
+                cell.parent.result.get('checkpoint'))  # checked against its marker's SHA-256
         if ckpt is None:
             raise UserInputError(f'{cell.parent.work_dir} finished without a checkpoint for '
                                  f'{cell.stage}; keep checkpointing on in its config.')
@@ -200,6 +211,7 @@ class _Run:
         self.echo(f'{cell.prefix} {"resuming from its last checkpoint" if resume else "training"}'
                   f' ({left} cell(s) to run{eta}) -- log: '
                   f'{_short(osp.join(cell.work_dir, launching.LOG))}')
+        make_work_dir(cell)
         write_marker(cell, 'running')
         rc, wall = launching.run(cell, self.launcher, resume, cell.prefix, self.echo,
                                  env=self.env, live=self.jobs == 1)
@@ -207,14 +219,13 @@ class _Run:
         result = cell_result(cell)
         if rc != 0 or result['missing']:
             why = (f'exit code {rc}' if rc else
-                   f'no {", ".join(result["missing"])} in its validation scalars')
+                   f'no {", ".join(result["missing"])} at its end')
             self.echo(f'{cell.prefix} FAILED ({why}); last lines of its log:\n' +
                       launching.log_tail(cell))
             self.failed.append(cell)
             return
         result['wall_s'] = wall
-        write_marker(cell, 'done', metrics=result['metrics'], step=result['step'],
-                     checkpoint=result['checkpoint'], wall_s=wall)
+        write_marker(cell, 'done', **done_marker(result, wall_s=wall))
         cell.state, cell.result = 'done', result
         shown = ', '.join(f'{k} {v:.2f}' for k, v in result['metrics'].items())
         self.echo(f'{cell.prefix} done: {shown} ({fmt_time(wall)})')

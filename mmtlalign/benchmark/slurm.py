@@ -24,9 +24,15 @@ A submission run:
 - with ``wait``: polls until every cell has ended, submitting more as the cap allows.
 
 Each job: ``--requeue --signal=USR1@180`` (a warning before the time limit), output appended to
-the cell's ``benchmark_output.log``.
+the cell's ``benchmark_output.log``, which this tool creates itself (``O_NOFOLLOW``) before
+``sbatch`` so that Slurm's ``--output ... --open-mode=append`` never follows a planted link.
+
+Records are input, not trusted state: ``benchmark_cell.json`` and ``benchmark_job.json`` are
+schema-checked (:mod:`.cells`, :data:`JOB_RECORD_SCHEMA`; job ids ``^\\d+(_\\d+)?$``) before
+an id reaches a Slurm command, and the commands get ids where no option can be (``--jobs=ID``,
+``scancel -- ID``). The job script writes its record and reads the training cell's
+``last_checkpoint`` through :mod:`mmtlalign.workdir` too (loaded without torch).
 """
-import json
 import os
 import os.path as osp
 import re
@@ -36,12 +42,15 @@ import subprocess
 import sys
 import time
 
+from .. import workdir
 from ..cli.paths import tool_path
 from ..errors import UserInputError
 from . import launch as launching
-from .cells import read_marker, write_marker
+from .cells import make_work_dir, read_marker, write_marker
 
 JOB_RECORD = 'benchmark_job.json'
+JOB_RECORD_SCHEMA = {'job_id': workdir.is_job_id, 'rc': workdir.is_int,
+                     'ended?': workdir.is_line}
 REQUEUE_EXIT = 75  # mmtlalign.engine.preemption.REQUEUE_EXIT (not imported: no torch here)
 ACTIVE = {'PENDING', 'RUNNING', 'CONFIGURING', 'COMPLETING', 'REQUEUED', 'REQUEUE_HOLD',
           'REQUEUE_FED', 'RESIZING', 'SUSPENDED', 'STAGE_OUT', 'SIGNALING'}
@@ -105,6 +114,18 @@ def sbatch_options(cell, launcher, gres, dependency=None):
     return opts
 
 
+def workdir_call(*args):
+    """A shell command running :func:`mmtlalign.workdir.main` with ``args`` (quoted) in a
+    fresh Python, the module loaded from its folder without the package's ``__init__`` (which
+    imports torch: seconds per job for a few lines of work)."""
+    q = shlex.quote
+    code = ('import sys, types; m = types.ModuleType("mmtlalign"); m.__path__ = [sys.argv[1]]; '
+            'sys.modules["mmtlalign"] = m; from mmtlalign.workdir import main; '
+            'main(sys.argv[2:])')
+    return (f'{q(sys.executable)} -c {q(code)} {q(osp.dirname(workdir.__file__))} ' +
+            ' '.join(a if a.startswith('"') else q(a) for a in args))
+
+
 def job_script(cell, launcher, gres):
     """The batch script: train through tools/slurm_train.sh, resume when there is a checkpoint,
     requeue itself when training stopped at a signal, record how it ended."""
@@ -126,7 +147,8 @@ def job_script(cell, launcher, gres):
     if cell.parent is not None:
         parent_ckpt = osp.join(cell.parent.work_dir, 'last_checkpoint')
         lines += [
-            f'CKPT=$(cat {q(parent_ckpt)} 2>/dev/null)',
+            # checked: one line naming a file inside the training cell's work dir
+            f'CKPT=$({workdir_call("last-checkpoint", cell.parent.work_dir)})',
             'if [[ ! -s "$CKPT" ]]; then',
             f'  echo "error: {cell.parent.name} left no checkpoint ({parent_ckpt})" >&2',
             '  exit 1',
@@ -140,10 +162,8 @@ def job_script(cell, launcher, gres):
              f'{q(job_name(cell))} {q(cell.config)} "$WORK" $RESUME')
     if cfg_args:
         train += ' --cfg-options ' + ' '.join(cfg_args)
-    record = (f'{q(sys.executable)} -c "import json, os, sys, time; '
-              "p = sys.argv[1]; json.dump(dict(job_id=sys.argv[2], rc=int(sys.argv[3]), "
-              "ended=time.strftime('%Y-%m-%d %H:%M:%S')), open(p + '.tmp', 'w')); "
-              f'os.replace(p + \'.tmp\', p)" "$WORK/{JOB_RECORD}" "$SLURM_JOB_ID" "$rc"')
+    # (a temporary file under a fresh name, renamed: never written through a planted link)
+    record = workdir_call('job-record', f'"$WORK/{JOB_RECORD}"', '"$SLURM_JOB_ID"', '"$rc"')
     lines += [
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
         '# SIGTERM (pre-emption, scontrol requeue, scancel): training saves and exits; wait',
@@ -176,7 +196,10 @@ def query(job_ids):
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return out
-    r = _run(['squeue', '-h', '-j', ','.join(ids), '-o', '%i|%T|%r'])
+    bad = [j for j in ids if not workdir.JOB_ID.match(j)]
+    if bad:  # (the records are checked on reading; this guards every other caller)
+        raise UserInputError(f'not a Slurm job id: {workdir.shown(bad[0])}.')
+    r = _run(['squeue', '-h', f'--jobs={",".join(ids)}', '-o', '%i|%T|%r'])
     for line in r.stdout.splitlines():
         parts = line.strip().split('|')
         if len(parts) == 3:
@@ -191,7 +214,8 @@ def query(job_ids):
                             exit_code=fields.get('ExitCode'))
             continue
         if shutil.which('sacct'):
-            r = _run(['sacct', '-n', '-X', '-P', '-j', job, '-o', 'JobID,State,ExitCode,Reason'])
+            r = _run(['sacct', '-n', '-X', '-P', f'--jobs={job}', '-o',
+                      'JobID,State,ExitCode,Reason'])
             for line in r.stdout.splitlines():
                 parts = line.split('|')
                 if parts and parts[0] == job and len(parts) >= 2:
@@ -202,12 +226,17 @@ def query(job_ids):
 
 
 def read_job_record(cell):
-    path = osp.join(cell.work_dir, JOB_RECORD)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    """The job's end record (checked), or None."""
+    return workdir.read_json(osp.join(cell.work_dir, JOB_RECORD), JOB_RECORD_SCHEMA,
+                             what='Slurm job record', fix='delete it (the cell is then '
+                             'looked up in the queue and resubmitted when its job is gone)')
+
+
+def scancel(job):
+    """Cancel one job by its (checked) id; ``--`` ends the options."""
+    if not workdir.JOB_ID.match(str(job)):
+        raise UserInputError(f'not a Slurm job id: {workdir.shown(job)}.')
+    return _run(['scancel', '--', str(job)])
 
 
 class SlurmSuite:
@@ -261,7 +290,7 @@ class SlurmSuite:
             if info and info['state'] in ACTIVE:
                 reason = info.get('reason') or ''
                 if info['state'] == 'PENDING' and reason in NEVER:
-                    _run(['scancel', job])
+                    scancel(job)
                     self.status[cell.work_dir] = ('failed', f'job {job}: its training cell '
                                                   'failed (dependency never satisfied)')
                     continue
@@ -275,29 +304,30 @@ class SlurmSuite:
     @staticmethod
     def _settled(cell, job):
         record = read_job_record(cell)
-        return record is not None and str(record.get('job_id')) == str(job) and \
-            record.get('rc') != REQUEUE_EXIT
+        return record is not None and record['job_id'] == str(job) and \
+            record['rc'] != REQUEUE_EXIT
 
     def _ended(self, cell, job, info):
         record = read_job_record(cell)
-        if record is not None and str(record.get('job_id')) == str(job):
-            if record.get('rc') == 0:
+        if record is not None and record['job_id'] == str(job):
+            if record['rc'] == 0:
                 result = self.collect(cell)
                 if result['missing']:
-                    return ('failed', f'job {job}: no {", ".join(result["missing"])} in its '
-                            'validation scalars')
+                    return ('failed', f'job {job}: no {", ".join(result["missing"])} at its '
+                            'end')
                 marker = read_marker(cell.work_dir) or {}
+                extra = dict(slurm=marker['slurm']) if marker.get('slurm') else {}
                 write_marker(cell, 'done', metrics=result['metrics'], step=result['step'],
-                             checkpoint=result['checkpoint'], wall_s=result.get('wall_s'),
-                             slurm=marker.get('slurm'))
+                             checkpoint=result['checkpoint'], sha256=result['sha256'],
+                             wall_s=result.get('wall_s'), **extra)
                 cell.state, cell.result = 'done', result
                 return ('done', '')
-            if record.get('rc') == REQUEUE_EXIT:
+            if record['rc'] == REQUEUE_EXIT:
                 # saved at a signal, but Slurm did not run the job again (requeue refused, or
                 # the restart failed): resubmitted with --resume, by --wait as well
                 return ('stopped', f'job {job} stopped at a signal with a checkpoint saved '
                         f'and was not restarted ({info["state"] if info else "gone"})')
-            why = f'exit code {record.get("rc")}'
+            why = f'exit code {record["rc"]}'
         elif info is not None:
             why = f'{info["state"]}' + (f', exit code {info["exit_code"]}'
                                         if info.get('exit_code') else '')
@@ -344,14 +374,14 @@ class SlurmSuite:
         old = str(self._job(cell))
         self.echo(f'{cell.name}: {self.status[cell.work_dir][1]}: resubmitting it (it resumes '
                   'from that checkpoint)')
-        _run(['scancel', old])
+        scancel(old)
         self.restarts[cell.work_dir] = self.restarts.get(cell.work_dir, 0) + 1
         for child in self.cells:
             slurm = (read_marker(child.work_dir) or {}).get('slurm') or {}
             # (pending on the old job, or already cancelled for it: dependency never satisfied)
             if child.parent is cell and str(slurm.get('dependency')) == old and \
                     self.status[child.work_dir][0] in ('pending', 'failed'):
-                _run(['scancel', str(slurm.get('job_id'))])
+                scancel(slurm.get('job_id'))
                 self.status[child.work_dir] = ('partial', '')
                 self.submitted_here.discard(child.work_dir)
 
@@ -368,16 +398,20 @@ class SlurmSuite:
                       ' <<\'EOF\'\n' + script + 'EOF')
             self.status[cell.work_dir] = ('would submit', '')
             return
-        os.makedirs(cell.work_dir, exist_ok=True)
+        make_work_dir(cell)
         path = osp.join(cell.work_dir, 'benchmark_job.sh')
-        with open(path, 'w') as f:
-            f.write(script)
+        workdir.write_text(path, script, cell.root)
+        # Slurm opens --output by name, following links: it must be a file we made
+        workdir.create_log(osp.join(cell.work_dir, launching.LOG), cell.root)
         r = _run([*argv, path])
         if r.returncode != 0:
             why = (r.stderr.strip().splitlines() or ['no output'])[-1]
             raise UserInputError(f'sbatch refused {cell.name}: {why} (command: '
                                  f'{" ".join(shlex.quote(a) for a in argv)} {path})')
         job = r.stdout.strip().split(';')[0]
+        if not workdir.JOB_ID.match(job):
+            raise UserInputError(f'sbatch answered {workdir.shown(r.stdout.strip())}, not a job '
+                                 f'id, for {cell.name}.')
         marker = read_marker(cell.work_dir) or {}
         history = list((marker.get('slurm') or {}).get('history', []))
         old = (marker.get('slurm') or {}).get('job_id')

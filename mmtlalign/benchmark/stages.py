@@ -14,6 +14,10 @@ mean ± std, paired differences with 95% CIs and verdicts come out of
 :func:`~mmtlalign.benchmark.report.aggregate` like top-1; :func:`summarise` adds the curves
 (occlusion, corruption error per severity, reliability diagrams) that ``results.png`` plots
 per metric family.
+
+Written and read back through :mod:`mmtlalign.workdir` (``process.json``, the log, the shared
+``WORK/evaluation_cache`` folder made without following a link); the stages' result files are
+schema-checked (:func:`mmtlalign.evaluation.cli.read_result`).
 """
 import json
 import os
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import workdir
 from ..cli.paths import tool_path
 from ..errors import UserInputError
 
@@ -30,6 +35,10 @@ from ..errors import UserInputError
 LOWER_IS_BETTER = ('corruption error', 'ECE', 'NLL', 'ImageNet-C mCE', 'ImageNet-C mCE (unnorm.)')
 EVAL_DIR = 'evaluation'
 EVAL_LOG = 'evaluate_output.log'
+PROCESS = 'process.json'
+PROCESS_SCHEMA = {'wall_s': workdir.optional(workdir.is_number),
+                  'cpu_s': workdir.optional(workdir.is_number),
+                  'stages': workdir.list_of(workdir.is_line), 'rc': workdir.is_int}
 
 
 @dataclass
@@ -109,12 +118,11 @@ def plan_evaluations(suite, train_cells):
     (its result file matches), ``new`` otherwise."""
     from ..evaluation.cli import read_result
     from .cells import Cell
-    from .runner import finished_checkpoint
     out = []
     for train in train_cells:
         if train.stage != 'train' or train.state != 'done':
             continue
-        ckpt = finished_checkpoint(train.work_dir)
+        ckpt = train.result.get('checkpoint')  # checked against its marker's SHA-256
         for stage in getattr(suite, 'evaluation', []):
             if stage.arms is not None and train.arm not in stage.arms:
                 continue
@@ -136,15 +144,18 @@ def _cell_result(data):
                 wall_s=data.get('wall_s'), missing=[])
 
 
-def command(train_cell, stages, python, spec_path):
-    """argv of the evaluation process of one training cell."""
+def cache_dir(train_cell):
+    """``WORK/evaluation_cache``: corrupted images shared by every cell of the suite."""
+    return osp.join(osp.dirname(osp.dirname(train_cell.work_dir)), 'evaluation_cache')
+
+
+def command(train_cell, stages, python, spec):
+    """argv of the evaluation process of one training cell (``spec``: the stages as JSON)."""
     from .launch import option_args
-    from .runner import expected_checkpoint, finished_checkpoint
+    from .runner import expected_checkpoint
     argv = [python, tool_path('analysis', 'evaluate.py'), train_cell.config,
-            finished_checkpoint(train_cell.work_dir) or expected_checkpoint(train_cell),
-            '--spec', spec_path, '--work-dir', eval_dir(train_cell),
-            '--cache-dir', osp.join(osp.dirname(osp.dirname(train_cell.work_dir)),
-                                    'evaluation_cache')]
+            expected_checkpoint(train_cell), '--spec', spec, '--work-dir',
+            eval_dir(train_cell), '--cache-dir', cache_dir(train_cell)]
     if train_cell.options:
         argv += ['--cfg-options', *option_args(train_cell.options)]
     return argv
@@ -188,12 +199,12 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
     def one(parent, pending):
         stages = [s for s in suite.evaluation if s.name in {c.stage for c in pending}]
         folder = eval_dir(parent)
-        os.makedirs(folder, exist_ok=True)
-        spec = osp.join(folder, 'stages.json')
-        with open(spec, 'w') as f:
-            json.dump([s.spec for s in stages], f, indent=2)
+        workdir.makedirs(folder, parent.root)
+        workdir.makedirs(cache_dir(parent), parent.root)
+        # the stages go on the command line: no file in the work dir to swap before it is read
+        spec = json.dumps([s.spec for s in stages], separators=(',', ':'))
         argv = _prefix(launcher) + command(parent, stages, launcher.python, spec)
-        rc, wall, cpu = _run(argv, osp.join(folder, EVAL_LOG), env)
+        rc, wall, cpu = _run(argv, osp.join(folder, EVAL_LOG), env, parent.root)
         name = f'{parent.arm} seed {parent.seed}'
         from ..evaluation.cli import read_result
         shown = []
@@ -205,8 +216,8 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
             else:
                 cell.state = 'failed'
                 failed.append(cell)
-        with open(osp.join(folder, 'process.json'), 'w') as f:
-            json.dump(dict(wall_s=wall, cpu_s=cpu, stages=[s.name for s in stages], rc=rc), f)
+        workdir.write_json(osp.join(folder, PROCESS), dict(
+            wall_s=wall, cpu_s=cpu, stages=[s.name for s in stages], rc=rc), parent.root)
         if rc:
             echo(f'[eval] {name}: FAILED (exit code {rc}); last lines of its log:\n' +
                  _tail(osp.join(folder, EVAL_LOG)))
@@ -221,7 +232,7 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
     return evals, failed
 
 
-def _run(argv, log_path, env=None):
+def _run(argv, log_path, env=None, root=None):
     """Run one evaluation process, its output to ``log_path``; ``(returncode, wall seconds,
     CPU seconds of the process or None)``."""
     import subprocess
@@ -233,7 +244,7 @@ def _run(argv, log_path, env=None):
                                      if full_env.get('PYTHONPATH') else '')
     full_env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     start = time.time()
-    with open(log_path, 'a') as log:
+    with workdir.open_append(log_path, root) as log:
         log.write(f'\n# {time.strftime("%Y-%m-%d %H:%M:%S")} '
                   f'{launching.shell_line(argv, {})}\n')
         log.flush()
@@ -257,10 +268,7 @@ def _run(argv, log_path, env=None):
 
 
 def _tail(path, n=15):
-    if not osp.isfile(path):
-        return ''
-    with open(path) as f:
-        return ''.join(f.readlines()[-n:])
+    return workdir.tail(path, n)
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,10 +305,9 @@ def summarise(suite, cells, skipped=None):
         walls, cpus = [], []
         for c in cells:
             if c.arm == arm.name and c.stage == 'train':
-                path = osp.join(eval_dir(c), 'process.json')
-                if osp.isfile(path):
-                    with open(path) as f:
-                        proc = json.load(f)
+                proc = workdir.read_json(osp.join(eval_dir(c), PROCESS), PROCESS_SCHEMA,
+                                         what='evaluation process record')
+                if proc is not None:
                     walls.append(proc.get('wall_s'))
                     cpus.append(proc.get('cpu_s'))
         out['wall_s'][arm.name] = [w for w in walls if w is not None]

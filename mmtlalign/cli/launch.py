@@ -10,8 +10,8 @@ import os.path as osp
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
-from mmengine.runner import find_latest_checkpoint
 
+from mmtlalign import workdir
 from mmtlalign.errors import UserInputError  # noqa: F401  (re-exported for the tools)
 
 
@@ -77,12 +77,15 @@ def resolve_resume(cfg, resume):
     if resume is None:
         return
     if resume == 'auto':
-        if find_latest_checkpoint(cfg.work_dir) is None:
+        # last_checkpoint read and checked here (one line naming a checkpoint inside the work
+        # dir), not by mmengine's find_latest_checkpoint, which returns whatever text it holds
+        ckpt = workdir.read_last_checkpoint(cfg.work_dir)
+        if ckpt is None:
             raise UserInputError(
                 f'--resume was given but {cfg.work_dir!r} holds no checkpoint to resume from '
-                '(no last_checkpoint file or *.pth). Train without --resume first, pass '
+                '(no last_checkpoint file). Train without --resume first, pass '
                 '--resume PATH/TO/CKPT.pth, or point --work-dir at the run to continue.')
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, ckpt
         return
     if not osp.isfile(resume):
         raise UserInputError(f'--resume checkpoint {resume!r} does not exist.')
@@ -263,7 +266,7 @@ def build_runner(cfg):
 def checkpoint_to_load(cfg):
     """(path, how the user gave it) of the checkpoint the Runner will load, or None."""
     if cfg.get('resume') and not cfg.get('load_from'):
-        path = find_latest_checkpoint(cfg.work_dir)
+        path = workdir.read_last_checkpoint(cfg.work_dir)
         return (path, '--resume') if path else None
     if cfg.get('load_from'):
         return cfg.load_from, '--resume' if cfg.get('resume') else 'load_from'

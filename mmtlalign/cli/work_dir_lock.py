@@ -5,6 +5,11 @@ checkpoints (``max_keep_ckpts``). ``tools/train.py`` takes an exclusive ``flock`
 ``<work_dir>/.mmtlalign-run.lock`` (rank 0 only) for its whole life and writes who holds it
 (host, PID, start time, command) into the file. The kernel drops the lock when the process
 ends, however it ends, so a killed run leaves no stale lock: ``--resume`` just works.
+
+The lock file is opened ``O_NOFOLLOW`` (:func:`mmtlalign.workdir.open_lock`): a symlink planted
+under its name in a shared work dir is refused, never truncated through. Before the run, a work
+dir other users can write gets a one-line warning, and a symlink where mmengine's Runner will
+write is refused (:func:`mmtlalign.workdir.check_before_run`).
 """
 import errno
 import json
@@ -16,7 +21,9 @@ import time
 import warnings
 from contextlib import contextmanager
 
+from .. import workdir
 from ..errors import UserInputError
+from .messages import warn
 
 LOCK_NAME = '.mmtlalign-run.lock'
 
@@ -29,8 +36,11 @@ def _holder(fd):
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         info = json.loads(os.read(fd, 65536).decode() or '{}')
-        return (f'host {info.get("host", "?")}, PID {info.get("pid", "?")}, started '
-                f'{info.get("started", "?")}: {info.get("command", "?")}')
+        # (another process wrote it: shown escaped, a newline in it starts no line of its own)
+        return (f'host {workdir.shown(info.get("host", "?"), 60)}, PID '
+                f'{workdir.shown(info.get("pid", "?"), 20)}, started '
+                f'{workdir.shown(info.get("started", "?"), 40)}: '
+                f'{workdir.shown(info.get("command", "?"), 300)}')
     except (OSError, ValueError, AttributeError):
         return 'a run whose lock record is unreadable'
 
@@ -48,7 +58,10 @@ def hold_work_dir(work_dir):
         yield
         return
     os.makedirs(work_dir, exist_ok=True)
-    fd = os.open(osp.join(work_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    note = workdir.shared_access_note(work_dir)
+    if note:
+        warn(note)
+    fd = workdir.open_lock(osp.join(work_dir, LOCK_NAME))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,6 +83,9 @@ def hold_work_dir(work_dir):
                       command=' '.join(sys.argv)[:500])
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        # mmengine's Runner writes its config dump, log folder and checkpoints with plain
+        # open(): no symlink may stand where it will write (checked while we hold the lock)
+        workdir.check_before_run(work_dir)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -9,7 +9,9 @@ Here every file is written to a temporary file in the same folder, flushed to di
 over the final name (``os.replace`` is atomic on POSIX file systems): the final name only ever
 holds a complete file. ``last_checkpoint`` is updated the same way, only after the checkpoint is
 complete, and outdated checkpoints are deleted only after that. Leftover temporary files of a
-killed save are removed when the next run starts.
+killed save are removed when the next run starts. The temporary files are created ``O_EXCL``
+under fresh random names (:mod:`mmtlalign.workdir`): a symlink planted in a shared work dir under
+a checkpoint's name is replaced, never written through.
 """
 import glob
 import os
@@ -20,46 +22,18 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
+from .. import workdir
+from ..workdir import TMP_MARK
 from .resume import ExactResumeHook
-
-TMP_MARK = '.tmp-'
-
-
-def _tmp_path(filepath):
-    folder, name = osp.split(filepath)
-    return osp.join(folder, f'.{name}{TMP_MARK}{os.getpid()}')
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write(filepath, data):
-    """Write ``data`` (bytes or str) to ``filepath`` through a temporary file and a rename."""
-    filepath = str(filepath)
-    folder = osp.dirname(osp.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    tmp = _tmp_path(filepath)
-    try:
-        with open(tmp, 'wb') as f:
-            AtomicLocalBackend._write(f, data.encode('utf-8') if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
+    """Write ``data`` (bytes or str) to ``filepath`` through a temporary file (created
+    ``O_EXCL`` under a fresh name, never through a planted link), fsync and a rename
+    (:func:`mmtlalign.workdir.write_bytes`)."""
+    workdir.write_bytes(str(filepath),
+                        data.encode('utf-8') if isinstance(data, str) else data,
+                        fsync=True, writer=lambda f, d: AtomicLocalBackend._write(f, d))
 
 
 class AtomicLocalBackend(LocalBackend):

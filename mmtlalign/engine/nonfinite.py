@@ -5,14 +5,14 @@ overflow is routine: the loss scaler skips that step (the weights are not touche
 the scale. Such a run is stopped only when it has really diverged (see
 :class:`NonFiniteLossHook`).
 """
-import os.path as osp
-
 import torch
 from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from .. import workdir
 from ..errors import UserInputError
+from ..workdir import WorkDirError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,11 +32,12 @@ def _non_finite_values(outputs):
 
 
 def _last_checkpoint(runner):
-    path = osp.join(runner.work_dir, 'last_checkpoint')
-    if osp.isfile(path):
-        with open(path) as f:
-            return f.read().strip() or None
-    return None
+    """The checked ``last_checkpoint`` of the work dir (it goes into an error message and the
+    log: a planted one must not put a line of its own there)."""
+    try:
+        return workdir.read_last_checkpoint(runner.work_dir)
+    except (WorkDirError, OSError) as e:
+        return f'unknown ({e})'
 
 
 def _loss_scalers(optim_wrapper):

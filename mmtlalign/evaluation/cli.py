@@ -8,6 +8,10 @@ Each stage writes ``DIR/<stage>.json`` (status, settings, metrics, curves, wall 
 whose file holds the same settings (stage spec, config, options, checkpoint size and time) is
 skipped; ``--force`` runs it again. A robustness set whose data is missing is reported once and
 recorded as ``missing`` (never scored).
+
+The result files are written and read back through :mod:`mmtlalign.workdir` (never through a
+link; owned by this user; checked against :data:`RESULT_SCHEMA`, else a one-line error naming
+the file to delete).
 """
 import argparse
 import json
@@ -16,9 +20,14 @@ import os.path as osp
 import sys
 import time
 
+from .. import workdir as wd
 from ..errors import UserInputError
 
 RESULT_SUFFIX = '.json'
+RESULT_SCHEMA = {'status': wd.one_of('done', 'missing'), 'settings': wd.is_dict,
+                 'metrics?': wd.dict_of(wd.optional(wd.is_number)), 'curves?': wd.is_dict,
+                 'num_images?': wd.optional(wd.is_int), 'wall_s?': wd.optional(wd.is_number),
+                 'reason?': wd.is_str, 'created?': wd.is_line}
 
 
 def checkpoint_stamp(path):
@@ -43,22 +52,13 @@ def result_path(work_dir, stage_name):
 
 
 def read_result(work_dir, stage_name):
-    path = result_path(work_dir, stage_name)
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The checked result file of a stage, or None."""
+    return wd.read_json(result_path(work_dir, stage_name), RESULT_SCHEMA,
+                        what='evaluation result', fix='delete it to evaluate that stage again')
 
 
 def write_result(work_dir, stage_name, data):
-    os.makedirs(work_dir, exist_ok=True)
-    tmp = result_path(work_dir, stage_name) + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2, default=float)
-    os.replace(tmp, result_path(work_dir, stage_name))
+    wd.write_json(result_path(work_dir, stage_name), data, indent=2, default=float)
 
 
 def load_specs(args):

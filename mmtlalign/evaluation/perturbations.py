@@ -14,11 +14,13 @@ batch size, the order of the batches or the process that evaluates it.
 Images are ``(B, C, H, W)`` uint8 tensors, C = 1 (grey) or 3 (BGR, as mmcv loads them).
 """
 import inspect
+import io
 import zlib
 
 import numpy as np
 import torch
 
+from .. import workdir
 from ..errors import UserInputError
 
 #: the 15 corruptions of ImageNet-C in the benchmark's order (noise, blur, weather, digital)
@@ -169,7 +171,6 @@ def corrupt_cached(images, name, severity, sample_idx, seed=0, cache_dir=None):
     if not cache_dir:
         return corrupt(images, name, severity, sample_idx, seed)
     import hashlib
-    import os
     import os.path as osp
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -180,14 +181,34 @@ def corrupt_cached(images, name, severity, sample_idx, seed=0, cache_dir=None):
     h.update(repr((list(map(int, sample_idx)), name, int(severity), int(seed), MIN_SIDE,
                    lib_version, tuple(images.shape))).encode())
     path = osp.join(cache_dir, f'{name}-{int(severity)}-{h.hexdigest()}.npy')
-    if osp.isfile(path):
-        try:
-            return torch.from_numpy(np.load(path))
-        except (OSError, ValueError):  # a file cut short by a kill: compute it again
-            pass
+    cached = read_cached(path, tuple(images.shape))
+    if cached is not None:
+        return cached
     out = corrupt(images, name, severity, sample_idx, seed)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp.npy'
-    np.save(tmp, out.numpy())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, out.numpy())
+    workdir.write_bytes(path, buf.getvalue())  # whole, never through a planted link
     return out
+
+
+def read_cached(path, shape):
+    """The cached corrupted images at ``path`` (None when missing): a regular ``.npy`` file of
+    this user (read without following a link), ``uint8`` of ``shape``; anything else is a
+    one-line :class:`~mmtlalign.workdir.WorkDirError` (the key of a cache file can be computed
+    by anyone who sees the images, so a planted file must not pass for a result)."""
+    limit = int(np.prod(shape)) + 4096  # the array and the .npy header
+    data = workdir.read_bytes(path, limit=limit)
+    if data is None:
+        return None
+    fix = 'delete it (it is computed again)'
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise workdir.WorkDirError(f'{workdir.shown(path)} is not a cached array of these tools; '
+                                   f'{fix}.') from None
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.shape != shape:
+        raise workdir.WorkDirError(
+            f'{workdir.shown(path)} holds a {getattr(arr, "dtype", "?")} array of shape '
+            f'{getattr(arr, "shape", "?")}, not the uint8 {shape} of the images it caches; '
+            f'{fix}.')
+    return torch.from_numpy(arr)
