@@ -322,11 +322,12 @@ def test_vit_token_loss_equals_hand_computation(labels, head):
     plain.load_state_dict(clf.state_dict(), strict=False)
     inputs, samples = tiny_batch(4)
     losses, mixed, state = loss_and_mixed(clf, inputs, copy.deepcopy(samples))
-    assert set(losses) == {'loss', 'loss_token', 'token_fluctuation'}
+    drift = {f'drift/block_{i:02d}' for i in range(1, len(clf.backbone.layers) + 1)}
+    assert set(losses) == {'loss_cls', 'loss_token', 'token_fluctuation', 'drift/final'} | drift
     assert not mixed.uniform
     # the class token's loss is exactly that of the model without the token loss
     plain.mixer.load_state_dict(state)
-    assert torch.equal(losses['loss'], plain.loss(inputs, copy.deepcopy(samples))['loss'])
+    assert torch.equal(losses['loss_cls'], plain.loss(inputs, copy.deepcopy(samples))['loss'])
 
     # by hand: the final norm's output tokens (a hook, not the code under test) and shares
     final = []
@@ -533,7 +534,7 @@ def test_compiled_dense_loss_equals_eager():
     for _ in range(2):
         le = eager.loss(inputs, copy.deepcopy(samples))
         lc = comp.loss(inputs, copy.deepcopy(samples))
-        for k in ('loss', 'loss_token'):
+        for k in ('loss_cls', 'loss_token'):
             torch.testing.assert_close(lc[k], le[k], atol=1e-5, rtol=1e-5)
     lc['loss_token'].backward()
     assert comp.token_head.weight.grad.abs().sum() > 0

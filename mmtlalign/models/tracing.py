@@ -24,6 +24,13 @@ class ShareTracingMixin:
         """(ph, pw) pixels per (first-stage) token."""
         return tuple(self.patch_embed.projection.stride)
 
+    #: None, or a list that receives, from every :meth:`forward_aligned` call while it is set,
+    #: what that pass traced: ``dict(blocks=(num_blocks, B) output shares had the network
+    #: stopped after each block (:meth:`block_output_shares`), maps=[(B, h_i, w_i)] per-block
+    #: token share maps (:meth:`share_maps`))``. :class:`TLAlignClassifier` sets it to log the
+    #: label drift per block from the training pass itself (no extra forward).
+    trace_sink = None
+
     def forward_aligned(self, x, token_share, dense=False):
         """Forward and trace the partner share of the output.
 
@@ -41,6 +48,9 @@ class ShareTracingMixin:
             traced partner shares (see :meth:`output_token_share`).
         """
         tracer = self.trace_shares(x, token_share, dense=dense)
+        if self.trace_sink is not None:
+            self.trace_sink.append(dict(blocks=self.block_output_shares(tracer).detach(),
+                                        maps=self.share_maps(tracer)))
         if not dense:
             return tracer.outs, self.output_share(tracer)
         return (tracer.outs, self.output_share(tracer), tracer.tokens,

@@ -97,6 +97,16 @@ param_scheduler = [
 ]
 auto_scale_lr = dict(base_batch_size=32)
 
+# the recipe's hooks, plus: every 500 iterations a grid of the batch's mixed images with their
+# share maps, traced block by block (where the labels moved; area labels: the mix only) to the
+# visualizer: <work_dir>/<timestamp>/vis_data/vis_image/share_maps_<iter>.png (and TensorBoard
+# with --tensorboard). Off in the ImageNet recipes.
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='NonFiniteLossHook'),
+    dict(type='DataCheckHook', on_error='raise'),
+    dict(type='ShareMapHook', interval=500, num_images=4),
+]
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(interval=1, max_keep_ckpts=1, save_last=True))
