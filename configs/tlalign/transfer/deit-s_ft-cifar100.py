@@ -16,6 +16,13 @@ _base_ = 'mmpretrain::_base_/default_runtime.py'
 
 custom_imports = dict(imports=['mmtlalign'], allow_failed_imports=False)
 
+# mmpretrain's runtime visualizer, declared here instead of inherited: inherited through
+# `mmpretrain::`, mmengine tags the dict with _scope_='mmpretrain', and mmpretrain's
+# browse_dataset passes it as keyword arguments to UniversalVisualizer(**cfg.visualizer),
+# which refuses that key (`--cfg-options` cannot delete it). The same visualizer, untagged.
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
+
 num_classes = 100
 pretrained = 'work_dirs/deit-s_8xb128/epoch_300.pth'
 model = dict(
