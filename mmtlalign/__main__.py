@@ -45,7 +45,9 @@ def environment(verbose: bool = False) -> Dict[str, str]:
 
 
 def suites() -> List[Dict[str, object]]:
-    """The benchmark suites of ``configs/benchmarks/``: name, arms, seeds, downstream stages."""
+    """The benchmark suites of ``configs/benchmarks/``: name, arms, seeds, downstream stages,
+    and for the main job's suite the arms it runs (``main_job``)."""
+    from mmtlalign.benchmark.demo import MAIN_JOB_ARMS, SUITE
     from mmtlalign.benchmark.suite import SUITE_DIR, load_suite
     found = []
     for path in sorted(glob.glob(osp.join(SUITE_DIR, '*.py'))):
@@ -57,6 +59,8 @@ def suites() -> List[Dict[str, object]]:
             continue
         found.append(dict(name=name, arms=[a.label for a in suite.arms], seeds=suite.seeds,
                           downstream=[s.label for s in suite.downstream]))
+        if osp.samefile(path, SUITE):
+            found[-1]['main_job'] = [a.label for a in suite.arms if a.name in MAIN_JOB_ARMS]
     return found
 
 
@@ -84,6 +88,10 @@ def report(verbose: bool = False) -> str:
         down = f'; downstream: {", ".join(suite["downstream"])}' if suite['downstream'] else ''
         lines.append(f'  {suite["name"]:<18} {len(suite["arms"])} arms x {len(suite["seeds"])} '
                      f'seeds ({", ".join(suite["arms"])}){down}')
+        if suite.get('main_job'):
+            lines.append(f'  {"":<18} the main job (tools/run_demo.sh) runs '
+                         f'{len(suite["main_job"])} of them ({", ".join(suite["main_job"])}); '
+                         'the others with tools/demo.py --arms')
     return '\n'.join(lines)
 
 

@@ -220,6 +220,9 @@ def test_demo_on_an_imagenet_layout_folder(tmp_path):
     cfg = Config.fromfile(osp.join(work, 'configs', 'tlalign', 'config.py'))
     assert len(cfg.train_dataloader.dataset.indices) == 12
     assert cfg.model.head.num_classes == 3 and cfg.model.align is True
+    # the results are titled by the user's folder, not by the Fashion-MNIST suite
+    assert results['suite'] == 'imagenet'
+    assert open(osp.join(work, 'results.md')).readline().strip() == '# Benchmark `imagenet`'
 
     bad = run([osp.join(ROOT, 'tools', 'demo.py'), '--data', str(tmp_path / 'nowhere')])
     assert bad.returncode != 0 and 'no train/ folder' in bad.stderr

@@ -14,6 +14,7 @@ import sys
 from mmtlalign.checkpoint.fit import check_checkpoint_fits
 from mmtlalign.cli import launch, test_options
 from mmtlalign.cli.work_dir_lock import hold_work_dir
+from mmtlalign.engine.dataset_layout import check_dataset_layout
 from mmtlalign.engine.precision import configure_tf32
 
 
@@ -56,11 +57,13 @@ def main(argv=None):
         if args.tta:
             test_options.apply_tta(cfg)
         launch.check_data_roots(cfg, ['test_dataloader'])
+        check_dataset_layout(cfg, ['test_dataloader'])
         launch.check_coco_classes(cfg, ['test_dataloader'])
         launch.setup_cpu_distributed(cfg, args.launcher)
         with hold_work_dir(cfg.work_dir):  # one live run (train or test) per work dir
             runner = launch.build_runner(cfg)
-            check_checkpoint_fits(runner.model, args.checkpoint, 'the checkpoint')
+            check_checkpoint_fits(runner.model, args.checkpoint, 'the checkpoint',
+                                  testing=True)
             if args.out:
                 from mmengine.evaluator import DumpResults
                 runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

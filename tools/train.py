@@ -20,6 +20,9 @@ import sys  # noqa: E402
 from mmtlalign.checkpoint.fit import check_checkpoint_fits  # noqa: E402
 from mmtlalign.cli import launch  # noqa: E402
 from mmtlalign.cli.work_dir_lock import hold_work_dir  # noqa: E402
+from mmtlalign.engine.data_checks import DataError  # noqa: E402
+from mmtlalign.engine.dataset_layout import check_dataset_layout  # noqa: E402
+from mmtlalign.engine.lr_scaling import lr_scaling_note  # noqa: E402
 from mmtlalign.engine.precision import configure_tf32  # noqa: E402
 from mmtlalign.engine.preemption import add_preemption_hook  # noqa: E402
 
@@ -70,15 +73,19 @@ def main(argv=None):
         if cfg.get('val_cfg') is not None:
             loaders.append('val_dataloader')
         launch.check_data_roots(cfg, loaders)
+        check_dataset_layout(cfg, loaders)  # no train/ folder, no class folders: one line
         launch.check_coco_classes(cfg, loaders)
         launch.setup_cpu_distributed(cfg, args.launcher)
         with hold_work_dir(cfg.work_dir):
             runner = launch.build_runner(cfg)
+            note = lr_scaling_note(cfg, runner.world_size, from_flag=args.auto_scale_lr)
+            if note:  # auto_scale_lr: the lr before and after, in one line, never silent
+                runner.logger.info(note)
             checkpoint = launch.checkpoint_to_load(cfg)
             if checkpoint:
                 check_checkpoint_fits(runner.model, *checkpoint)
             runner.train()
-    except launch.UserInputError as e:  # also raised by mmtlalign components during the run
+    except (launch.UserInputError, DataError) as e:  # also raised by components during the run
         sys.exit(f'error: {e}')
     except OSError as e:  # a read-only work dir, a full disk
         message = launch.storage_error(e, cfg and cfg.get('work_dir'))

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from ..errors import DownstreamCheckError, UserInputError
 from .state_dict import CONVERTER_CLS, CONVERTER_TIMM, strip_module_prefix, unwrap_state_dict
 
+# Parameters that only the training loss uses (never ``predict``): the separate linear token
+# head of ``token_loss=dict(head='separate')``. A test may meet them on one side only.
+TRAINING_ONLY = {'token_head.': "the separate token head of model.token_loss (head='separate')"}
+
 # Loaded with resizing by the backbones' own load hooks (another resolution or window): only
 # their channel / head dimension must agree.
 _RESIZABLE = ('pos_embed', 'absolute_pos_embed', 'relative_position_bias_table')
@@ -121,9 +125,26 @@ def architecture_hint(keys, own_keys, what='model'):
     return ''
 
 
+def training_only(keys):
+    """The keys among ``keys`` that only a training loss uses (:data:`TRAINING_ONLY`)."""
+    return [k for k in keys if k.startswith(tuple(TRAINING_ONLY))]
+
+
+def _training_only_what(keys):
+    return '; '.join(what for prefix, what in TRAINING_ONLY.items()
+                     if any(k.startswith(prefix) for k in keys))
+
+
 def _model_hint(report, sd, meta, model):
     from .convert import detect_timm_arch
     keys, own = list(sd), list(model.state_dict())
+    extra = training_only(report.unexpected + report.missing)
+    if extra and len(extra) == len(report.unexpected) + len(report.missing) and \
+            not report.shape_mismatch:
+        side = 'the checkpoint has' if training_only(report.unexpected) else 'the model has'
+        return (f'Only training-only parameters differ ({side} {_training_only_what(extra)}); '
+                'everything else fits. To train on, set the same model.token_loss as the run '
+                'that saved it; tools/test.py drops them for testing.')
     made_by = ''
     if isinstance(meta, dict) and isinstance(meta.get('experiment_name'), str):
         made_by = f' (saved by the run {meta["experiment_name"][:120]!r})'
@@ -158,7 +179,7 @@ def unwrap_model(model):
     return model
 
 
-def check_checkpoint_fits(model, path, role='checkpoint'):
+def check_checkpoint_fits(model, path, role='checkpoint', testing=False):
     """Load ``path`` into ``model`` as mmengine will; raise unless every key fits.
 
     Args:
@@ -166,6 +187,9 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
             are unwrapped: the checkpoint holds the inner model).
         path (str): the checkpoint file.
         role (str): how the user gave it, for the message (``'--resume'``, ``'load_from'``).
+        testing (bool): the model is only evaluated: training-only parameters
+            (:data:`TRAINING_ONLY`, e.g. ``token_head.*``) that one side lacks are left out,
+            with a one-line note in the log; every other key must still fit.
 
     Raises:
         CheckpointFitError: missing / unexpected / shape-mismatched keys.
@@ -182,12 +206,28 @@ def check_checkpoint_fits(model, path, role='checkpoint'):
     missing = fit_state_dict(model, sd, report)
     if missing is not None:
         report.missing = missing
+    if testing:
+        _drop_training_only(report, path)
     if report.ok:
         return report
     if not report.hint:
         report.hint = _model_hint(report, sd, ckpt.get('meta'), model)
     raise CheckpointFitError(f'{role} does not fit {type(model).__name__}: '
                              f'{report.summary()}. {report.hint}')
+
+
+def _drop_training_only(report, path):
+    """Take the training-only keys out of ``report`` (testing), noting it in one line."""
+    unused, absent = training_only(report.unexpected), training_only(report.missing)
+    if not unused and not absent:
+        return
+    from mmengine.logging import print_log
+    report.unexpected = [k for k in report.unexpected if k not in unused]
+    report.missing = [k for k in report.missing if k not in absent]
+    keys = unused + absent
+    side = 'not used' if unused else 'absent from the checkpoint and not needed'
+    print_log(f'note: {len(keys)} training-only parameter(s) of {path!r} {side} for testing '
+              f'({few(keys, 3)}: {_training_only_what(keys)}); left out.', logger='current')
 
 
 # ----------------------------------------------------------------------------- backbones
