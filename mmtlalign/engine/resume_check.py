@@ -10,8 +10,9 @@ objects this run built would save, before mmengine loads it:
 * schedulers: the same keys; the counters (``last_step``, ``_global_step``, ``_last_value``,
   ...) must have the built ones' types; every other attribute must equal the built one;
 * optimizer: the same parameter groups with the same hyper-parameters (the scheduled one may
-  differ, the learning rate never above what the schedule can reach), and a state for known
-  parameters only, each tensor of the parameter's shape or a scalar, of a floating type.
+  differ; the learning rate within a generous bound of what the schedule can reach: a planted
+  value inside it passes), and a state for known parameters only, each tensor of the
+  parameter's shape or a scalar, of a floating type.
 
 A difference is refused in one line naming the key, both values and how to accept it:
 ``--cfg-options resume_schedule=config`` keeps the config's hyper-parameters (a longer schedule,
@@ -157,18 +158,34 @@ def _scheduled(schedulers):
     return names
 
 
+#: scheduler attributes that bound the learning rate they move towards
+_LR_BOUNDS = ('eta_min', 'eta_max', 'max_lr', 'min_lr', 'base_values', 'min_values')
+
+
+def _numbers(value):
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [abs(v) for v in values if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+
+
 def _lr_ceiling(group, schedulers):
-    """The highest learning rate the built schedule can reach for ``group``: its largest
-    ``*lr`` value (initial, OneCycle's max) times the largest factor above 1."""
+    """A generous upper bound of the learning rate the built schedule can reach for ``group``:
+    its largest ``*lr`` value or scheduler bound (``eta_min``, OneCycle's ``max_lr``), times
+    what the warm-ups can multiply it by (``end_factor / start_factor``, overlapping schedules
+    chain). It catches absurd values, not every value a schedule never takes."""
+    flat = [s for seq in (schedulers.values() if isinstance(schedulers, dict) else [schedulers])
+            for s in seq or []]
     peak = max([abs(v) for k, v in group.items() if k.endswith('lr') and k != 'lr'
-                and isinstance(v, numbers.Real)] + [abs(group.get('lr', 0.0))])
-    factors = [1.0]
-    flat = schedulers.values() if isinstance(schedulers, dict) else [schedulers]
-    for seq in flat:
-        for s in seq or []:
-            factors += [abs(getattr(s, a)) for a in ('start_factor', 'end_factor', 'factor')
-                        if isinstance(getattr(s, a, None), numbers.Real)]
-    return peak * max(factors)
+                and isinstance(v, numbers.Real)] + [abs(group.get('lr', 0.0))]
+               + [v for s in flat for k in _LR_BOUNDS for v in _numbers(getattr(s, k, None))])
+    growth = 1.0
+    for s in flat:
+        start, end = getattr(s, 'start_factor', None), getattr(s, 'end_factor', None)
+        if isinstance(start, numbers.Real) and isinstance(end, numbers.Real) and start > 0:
+            growth *= max(1.0, end / start)
+        factor = getattr(s, 'factor', None)
+        if isinstance(factor, numbers.Real) and 0 < factor < 1:
+            growth /= factor
+    return peak * growth
 
 
 def check_optimizer(built_state, saved, params, scheduled, schedulers, where='optimizer',
