@@ -144,6 +144,13 @@ def test_share_map_grid_is_drawn_from_the_kept_step(tmp_path):
     assert image.shape[0] > 400 and image.shape[1] > 800
     with pytest.raises(UserInputError, match='blocks \\[7\\] out of range'):
         draw_share_maps(record, images, num_images=3, blocks=[7])
+    # a rule that does not trace (the CutMix arm): the mix and the rule's target only
+    area = tiny_classifier(num_layers=3, align=False)
+    area.keep_mix = True
+    area.loss(inputs, samples)
+    assert area.last_mix['maps'] is None
+    narrow = draw_share_maps(area.last_mix, images, num_images=3)
+    assert narrow.shape[1] < image.shape[1] and narrow.shape[0] > 400
 
 
 def test_share_map_hook_refuses_other_models_in_one_line():

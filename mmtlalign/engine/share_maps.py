@@ -161,20 +161,17 @@ def draw_share_maps(record, images, num_images, blocks=None, classes=None, title
         for c, m in enumerate(panels, 1):
             _draw_map(axes[r, c], m, start[i], cmap)
         ax = axes[r, -1]
-        bars = [('area', area[i], 'tab:gray')]
-        if maps:
-            bars.append(('traced', share[i], 'tab:red'))
+        # the run's own target share: TL-Align's traced one, or the rule's (area, TransMix)
+        bars = [('area', area[i], 'tab:gray'), ('traced' if maps else 'run\'s rule',
+                                                share[i], 'tab:red' if maps else 'tab:blue')]
         ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars],
                 height=0.6)
         for y, (_, v, _) in enumerate(bars):
             ax.text(v + 0.03 if v < 0.8 else v - 0.03, y, f'{v:.2f}', va='center',
                     ha='left' if v < 0.8 else 'right', fontsize=9)
         ax.set_xlim(0, 1)
-        ax.set_ylim(len(bars) - 0.5 + (2 - len(bars)), -0.5)
+        ax.set_ylim(len(bars) - 0.5, -0.5)
         ax.tick_params(labelsize=8)
-        if not maps:
-            ax.text(0.5, 1.5, 'not traced\n(area labels)', ha='center', va='center',
-                    fontsize=8)
         for a in axes[r, :-1]:
             a.set_xticks([])
             a.set_yticks([])
@@ -183,12 +180,13 @@ def draw_share_maps(record, images, num_images, blocks=None, classes=None, title
     sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
     bar = fig.colorbar(sm, ax=axes[-1, 1:-1].tolist(), orientation='horizontal',
                        fraction=0.08, aspect=30)
-    bar.set_label('pasted (partner) share of each token\'s label: 0 = own image, '
+    bar.set_label('pasted (partner) share of each token\'s label\n0 = own image, '
                   '1 = pasted image; outlined: the tokens the pasted pixels went to',
                   fontsize=8)
     bar.ax.tick_params(labelsize=8)
-    fig.suptitle(f'TL-Align: where the labels of the mixed tokens moved ({title})',
-                 fontsize=11)
+    what = ('TL-Align: where the labels of the mixed tokens moved' if maps else
+            'the mixed tokens\' labels (this run\'s rule does not trace them)')
+    fig.suptitle(what + (f' ({title})' if title else ''), fontsize=11)
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
