@@ -103,15 +103,12 @@ def open_folder(path, root=None, create=True, mode=0o777):
     try:
         for part in _parts(path, root):
             where = osp.join(where, part)
-            try:
-                new = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
+            if create:
                 try:
                     os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:  # made by a process beside us: enter it as it is
+                except FileExistsError:  # there already (or made beside us): entered below
                     pass
+            try:
                 new = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
             except OSError as e:
                 raise (_oserror(e, where) or e) from None

@@ -130,7 +130,6 @@ def test_train_refuses_a_planted_link_under_each_name_it_writes(trained, tmp_pat
     assert os.listdir(osp.dirname(target)) == ['authorized_keys']
 
 
-@pytest.mark.slow
 def test_train_writes_through_a_planted_config_dump_link_without_the_check(trained, tmp_path,
                                                                           monkeypatch):
     """The attack on the config dump is live: mmengine's Runner writes ``<config>.py`` with
@@ -157,6 +156,7 @@ def test_the_lock_link_truncates_without_the_module(tmp_path):
     assert open(target, 'rb').read() == b'' != before
 
 
+@pytest.mark.slow
 def test_test_py_in_a_shared_work_dir_refuses_planted_links(trained, tmp_path):
     shared = tmp_path / 'SHARED'
     shared.mkdir()
@@ -179,6 +179,7 @@ def test_test_py_in_a_shared_work_dir_refuses_planted_links(trained, tmp_path):
         os.remove(shared / name)
 
 
+@pytest.mark.slow
 def test_planted_last_checkpoint_is_one_line_and_never_a_line_of_its_own(trained, tmp_path):
     """Item 4: a last_checkpoint holding a newline and a key line; --resume refuses it in one
     line that shows the text escaped (no line of the output is the planted key)."""
@@ -233,6 +234,7 @@ def planned(suite, work):
     return plan_cells(load_suite(suite), osp.abspath(work))
 
 
+@pytest.mark.slow
 def test_benchmark_refuses_a_log_link_and_a_planted_last_checkpoint(tmp_path):
     """Item 4: ``benchmark_output.log`` linked to the victim's authorized_keys, and a
     ``last_checkpoint`` whose text holds a newline and a key: no line is appended through the
