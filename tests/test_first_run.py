@@ -76,6 +76,7 @@ def test_good_layouts_pass(tmp_path):
     check_dataset_layout(imagenet_cfg(good, classes=['a', 'b', 'c', 'd']), ['train_dataloader'])
 
 
+@pytest.mark.slow
 def test_train_tool_names_an_empty_class_folder_in_one_line(tmp_path):
     """tools/train.py on a CustomDataset folder with an empty class: an 'error:' line (the
     DataCheckHook's), no traceback; and the learning-rate scaling note at start."""
