@@ -9,6 +9,7 @@ that none of these rules knows fails the test: a new kind of command needs a rul
 """
 import contextlib
 import glob
+import importlib.util
 import io
 import os
 import os.path as osp
@@ -135,6 +136,11 @@ def check_command(line):
         script = open(osp.join(ROOT, head), encoding='utf-8').read()
         for opt in (a for a in args if a.startswith('--')):
             assert re.search(re.escape(opt) + r'[)|]', script), f'{head} has no option {opt}'
+    elif head == 'mim' and args[:2] == ['run', 'mmpretrain']:   # mmpretrain's tool scripts
+        tools = osp.join(osp.dirname(importlib.util.find_spec('mmpretrain').origin), '.mim',
+                         'tools')
+        assert args[2:] and glob.glob(osp.join(tools, '**', args[2] + '.py'), recursive=True), \
+            f'mmpretrain has no tool {args[2:3]}'
     elif head == 'mim':
         assert args[:2] in (['train', 'mmtlalign'], ['test', 'mmtlalign']), \
             'mim train|test mmtlalign'
@@ -183,6 +189,7 @@ def test_the_checker_refuses_what_does_not_exist():
         'bash tools/setup_env.sh --no-such-flag',
         'bash tools/run_tests.sh -m "not slowest"',
         'mim train mmtlalign no_such_config.py',
+        'mim run mmpretrain no_such_tool configs/tlalign/deit-s_8xb128.py',
         'python tools/train.py mmtlalign::no_such_config.py',
         'rm -rf work_dirs',
     ]
