@@ -208,8 +208,13 @@ def test_classifier_loss_logs_fluctuation_and_backpropagates():
     clf = tiny_classifier(mix=dict(type='TLAlignMix', seed=0))
     inputs, samples = tiny_batch(4)
     losses = clf.loss(inputs, samples)
-    assert set(losses) == {'loss', 'token_fluctuation'}
-    assert not losses['token_fluctuation'].requires_grad
+    # the label drift of each block and of the output is logged too (issue 31), never summed
+    # into the loss: no key but 'loss' holds 'loss', none needs a gradient
+    depth = len(clf.backbone.layers)
+    drift = {f'drift/block_{i:02d}' for i in range(1, depth + 1)} | {'drift/final'}
+    assert set(losses) == {'loss', 'token_fluctuation'} | drift
+    assert not any(v.requires_grad for k, v in losses.items() if k != 'loss')
+    assert torch.equal(losses['drift/final'], losses['token_fluctuation'])
     losses['loss'].backward()
     assert clf.backbone.cls_token.grad is not None
 

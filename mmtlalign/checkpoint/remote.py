@@ -8,7 +8,7 @@ which unpickles with ``weights_only=False``: a file from the network, or one pla
 torch.hub's cache, runs any code it carries. :func:`use_safe_loaders` replaces every scheme:
 
 * ``''`` (local files): the safe loader itself;
-* ``http://``, ``https://``: downloaded once into torch.hub's cache (``$TORCH_HOME/checkpoints``,
+* ``http://``, ``https://``: downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``,
   with torch.hub's progress bar), then loaded safely. Where the file name carries a hash prefix
   (``name-<8 or more hex digits>.ext``: torch.hub's and OpenMMLab's model-zoo convention), the
   download and every later use of the cached copy must match it;
@@ -73,7 +73,7 @@ def cached_download(url, model_dir=None, progress=True, file_name=None):
     Args:
         url (str): an ``http(s)://`` URL.
         model_dir (str, optional): the cache folder; ``<torch.hub.get_dir()>/checkpoints``
-            (``$TORCH_HOME/checkpoints``) by default, as torch.hub and mmengine use.
+            (``$TORCH_HOME/hub/checkpoints``) by default, as torch.hub and mmengine use.
         progress (bool): torch.hub's progress bar on stderr while downloading.
         file_name (str, optional): the name in the cache (the URL's by default).
 
