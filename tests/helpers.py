@@ -4,9 +4,11 @@ disk in the real layouts is in :mod:`datagen`; tests import from these two modul
 from each other."""
 import os
 import os.path as osp
+import pickle
 import socket
 import subprocess
 import sys
+import types
 
 import numpy as np
 import torch
@@ -134,3 +136,26 @@ def trained_tiny_deit(root):
                                        '--cfg-options', *options]) is None
     return types.SimpleNamespace(root=root, data=data, config=str(config), options=options,
                                  genuine=osp.join(work_dir, 'epoch_1.pth'))
+
+
+# ----------------------------------------------------------------------------- crafted pickles
+class RawOpcodes:
+    """Pickle opcodes that :func:`save_with_raw_opcodes` writes verbatim where this object
+    stands (a payload spliced into an otherwise genuine checkpoint)."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+class _SplicingPickler(pickle._Pickler):
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, RawOpcodes):
+            self.write(obj.data)
+            return
+        super().save(obj, save_persistent_id)
+
+
+def save_with_raw_opcodes(obj, dst, **kwargs):
+    """``torch.save`` with every :class:`RawOpcodes` inside ``obj`` written as its opcodes."""
+    torch.save(obj, dst, pickle_module=types.SimpleNamespace(__name__='splice',
+                                                             Pickler=_SplicingPickler), **kwargs)

@@ -11,13 +11,12 @@ import os.path as osp
 import pickle
 import struct
 import sys
-import types
 
 import pytest
 import torch
 
 import datagen
-from helpers import load_tool, run_main, trained_tiny_deit
+from helpers import RawOpcodes, load_tool, run_main, save_with_raw_opcodes, trained_tiny_deit
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -66,29 +65,12 @@ def payloads(marker):
     }
 
 
-class _Raw:
-    def __init__(self, data):
-        self.data = data
-
-
-class _SplicingPickler(pickle._Pickler):
-    """A pickler that writes :class:`_Raw` objects as their opcodes, verbatim."""
-
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, _Raw):
-            self.write(obj.data)
-            return
-        super().save(obj, save_persistent_id)
-
-
 def splice(genuine, payload, dst):
     """Save the genuine checkpoint with the payload under meta['note']."""
     from mmtlalign.checkpoint.loader import load_checkpoint_file
     ckpt = load_checkpoint_file(genuine)
-    ckpt['meta']['note'] = _Raw(payload)
-    torch.save(ckpt, dst,
-               pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
-               pickle_protocol=2)
+    ckpt['meta']['note'] = RawOpcodes(payload)
+    save_with_raw_opcodes(ckpt, dst, pickle_protocol=2)
     return dst
 
 
@@ -479,9 +461,8 @@ def test_deep_nesting_is_refused_before_anything_recurses(tmp_path):
     from mmtlalign.checkpoint.loader import CheckpointLoadError, load_checkpoint_file
     depth = 100_000
     path = str(tmp_path / 'deep.pth')
-    torch.save({'state_dict': {}, 'meta': _Raw(b']' * depth + b'a' * (depth - 1))}, path,
-               pickle_module=types.SimpleNamespace(__name__='splice', Pickler=_SplicingPickler),
-               pickle_protocol=2)
+    save_with_raw_opcodes({'state_dict': {}, 'meta': RawOpcodes(b']' * depth + b'a' * (depth - 1))},
+                          path, pickle_protocol=2)
     deep = torch.load(path, weights_only=True)  # live
     with pytest.raises(RecursionError):
         copy.deepcopy(deep)

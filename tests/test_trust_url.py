@@ -14,35 +14,18 @@ import hashlib
 import http.server
 import os
 import os.path as osp
-import pickle
 import shutil
 import struct
 import subprocess
 import threading
-import types
 
 import pytest
 import torch
 
-from helpers import PY, ROOT, run_main, trained_tiny_deit
+from helpers import PY, ROOT, RawOpcodes, run_main, save_with_raw_opcodes, trained_tiny_deit
 
 
 # ----------------------------------------------------------------------------- crafting
-class _Raw:
-    """Written by :class:`_SplicingPickler` as these opcodes, verbatim."""
-
-    def __init__(self, data):
-        self.data = data
-
-
-class _SplicingPickler(pickle._Pickler):
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, _Raw):
-            self.write(obj.data)
-            return
-        super().save(obj, save_persistent_id)
-
-
 def _splice(genuine, marker, dst):
     """The genuine checkpoint with an ``os.system('touch marker')`` pickle payload (the
     classic ``__reduce__`` route) in ``meta``."""
@@ -50,9 +33,8 @@ def _splice(genuine, marker, dst):
     payload = (b'cposix\nsystem\n' + b'X' + struct.pack('<I', len(command)) + command
                + b'\x85R')
     ckpt = torch.load(genuine, weights_only=False)  # our own file
-    ckpt['meta']['note'] = _Raw(payload)
-    torch.save(ckpt, dst, pickle_protocol=2, pickle_module=types.SimpleNamespace(
-        __name__='splice', Pickler=_SplicingPickler))
+    ckpt['meta']['note'] = RawOpcodes(payload)
+    save_with_raw_opcodes(ckpt, dst, pickle_protocol=2)
     return dst
 
 
