@@ -431,7 +431,7 @@ def test_no_pkg_resources_warning_in_tool_output(tmp_path):  # (tmp_path holds t
 def test_metafile_and_model_index():
     import yaml
     index = yaml.safe_load(open(osp.join(ROOT, 'model-index.yml')))
-    assert index == {'Import': ['configs/tlalign/metafile.yml']}
+    assert index == {'Import': ['configs/tlalign/metafile.yml', 'configs/peers/metafile.yml']}
     meta = yaml.safe_load(open(osp.join(ROOT, 'configs/tlalign/metafile.yml')))
     assert [c['Name'] for c in meta['Collections']] == ['TL-Align']
     assert meta['Collections'][0]['Paper']['URL'] == 'https://arxiv.org/abs/2210.06455'
@@ -449,6 +449,17 @@ def test_metafile_and_model_index():
         top1 = model['Results'][0]['Metrics']['Top 1 Accuracy'] if model['Results'] else None
         assert top1 == paper.get(name), name
     assert set(paper) <= {osp.splitext(osp.basename(m['Config']))[0] for m in meta['Models']}
+    # the peers' released recipes (issue 32), with the numbers their authors published
+    peers = yaml.safe_load(open(osp.join(ROOT, 'configs/peers/metafile.yml')))
+    assert [c['Name'] for c in peers['Collections']] == ['MixPro', 'SMMix', 'TokenMix']
+    published = {'mixpro_deit-s-p14_8xb128_in1k': None, 'mixpro_deit-s-p14_8xb128_in1k_pal': 81.3,
+                 'smmix_deit-s_4xb256_in1k': 81.1, 'tokenmix_deit-s_8xb128_in1k': 80.8}
+    assert [m['Name'] for m in peers['Models']] == list(published)
+    for model in peers['Models']:
+        assert osp.isfile(osp.join(ROOT, model['Config'])), model['Config']
+        results = model.get('Results')
+        top1 = results[0]['Metrics']['Top 1 Accuracy'] if results else None
+        assert top1 == published[model['Name']], model['Name']
 
 
 # ----------------------------------------------------------------------------- item 2, mmdet
