@@ -347,6 +347,8 @@ check_lock() {
 
 # lock_subset NAME...: the lock's entries (requirement and hashes) of those packages, for a
 # hash-checked install of a few of them (the build tools and numpy before torch and mmcv).
+# The names must include their own dependencies (wheel needs packaging): in --require-hashes
+# mode pip refuses any requirement the subset does not pin, and a fresh venv has none of them.
 lock_subset() {
   local names
   names="$(IFS='|'; echo "$*")"
@@ -492,7 +494,7 @@ install_offline() {
   PIP_QUIET=(-q --progress-bar off)
   MMCV_SDIST="$dir/mmcv-$(pin mmcv).tar.gz"
   say "step 1/4: build tools and numpy from $dir (no network, hash-checked); torch: $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "from", torch.__file__)')"
-  install_locked pip wheel ninja setuptools numpy opencv-python
+  install_locked pip wheel packaging ninja setuptools numpy opencv-python
   local facts
   facts="$(probe_torch "$VENV/bin/python")" || die "torch does not import in $VENV"
   read -r TORCH_V CUDA_V PY_V HAS_GPU ARCH_FLAGS TORCH_CUDA_HOME <<<"$facts"
@@ -538,7 +540,7 @@ main() {
   index="$(torch_index_url)"
   [[ -n "$index" ]] && torch_from=(--index-url "$index")
   say "step 1/4: build tools, numpy, torch $(pin torch) + torchvision $(pin torchvision) (a matching pair, ~5 GB on first install)${index:+ from $index}"
-  install_locked pip wheel ninja setuptools numpy opencv-python
+  install_locked pip wheel packaging ninja setuptools numpy opencv-python
   "${PIP[@]}" install "${PIP_QUIET[@]}" "${torch_from[@]}" "$(torch_spec torch)" "$(torch_spec torchvision)"
 
   local facts
