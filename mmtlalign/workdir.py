@@ -23,6 +23,7 @@ script can load it without importing torch.
 """
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -30,6 +31,8 @@ import os.path as osp
 import re
 import secrets
 import stat
+import sys
+import time
 
 from .errors import UserInputError
 
@@ -188,7 +191,6 @@ def write_json(path, obj, root=None, **dump_kwargs):
 def write_figure(fig, path, root=None, dpi=110):
     """A matplotlib figure as a PNG at ``path``, written whole (``fig.savefig(path)`` opens
     the name with plain ``open()``, following a planted link)."""
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format='png')
     return write_bytes(path, buf.getvalue(), root)
@@ -482,8 +484,6 @@ def shared_access_note(work_dir):
 def main(argv):
     """``job-record PATH JOB_ID RC``: write a Slurm job's end record;
     ``last-checkpoint WORK_DIR``: print the checked checkpoint path (exit 1 with the error)."""
-    import sys
-    import time
     try:
         if argv[0] == 'job-record':
             path, job, rc = argv[1:4]

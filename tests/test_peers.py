@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import MMLogger
-from mmengine.registry import DefaultScope
+from mmengine.registry import DefaultScope, init_default_scope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from test_vit_alignment import reference_output_labels
@@ -151,6 +151,13 @@ def attention_of(attn, h, mean=True):
     q, k = qkv[0].double(), qkv[1].double()
     A = torch.softmax(q @ k.transpose(-2, -1) * attn.head_dims**-0.5, dim=-1)
     return A.mean(dim=1) if mean else A
+
+
+@pytest.fixture(autouse=True)
+def _mmpretrain_scope():
+    """Build by name in mmpretrain's scope, as our configs do: an earlier test (mmdet/mmseg
+    configs) may have left another default scope current in this process."""
+    init_default_scope('mmpretrain')
 
 
 def sharpen(vit, factor=6.0):
