@@ -354,7 +354,8 @@ def test_kill_while_writing_checkpoint_keeps_previous_and_last_checkpoint(env):
     assert runs['last_after_kill'].endswith('iter_3.pth')
     # resume picked the last complete checkpoint and removed the partial write
     log = runs['resumed'].stdout + runs['resumed'].stderr
-    assert f'Auto resumed from the latest checkpoint {work}/iter_3.pth' in log
+    # --resume reads last_checkpoint itself (checked) and hands mmengine the path
+    assert f'Load checkpoint from {work}/iter_3.pth' in log
     assert f'Removed {work}/{partial[0]}' in log
     assert not glob.glob(osp.join(work, '.*.tmp-*'))
     # max_keep_ckpts=2 still holds, and last_checkpoint names the final checkpoint

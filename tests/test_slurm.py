@@ -462,7 +462,7 @@ def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_clust
     log = open(osp.join(cell, 'benchmark_output.log')).read()
     assert 'saving iter_' in log and 'stopping for requeue' in log, log[-3000:]
     assert 'restart 1' in log  # the same job ran again ...
-    assert f'Auto resumed from the latest checkpoint {last}' in log  # ... from that save
+    assert f'Load checkpoint from {last}' in log  # ... from that save (--resume: checked path)
     assert_same_training(osp.join(full, 'tlalign', 'seed0', 'iter_8.pth'),
                          osp.join(cell, 'iter_8.pth'), keys=('state_dict', 'optimizer',
                                                              'param_schedulers',
