@@ -391,7 +391,7 @@ def _deflate_bomb(dst):
 
 
 _PEAK = """
-import resource, sys, torch
+import sys, torch
 import mmtlalign  # both modes pay for the same imports
 from mmtlalign.checkpoint.loader import load_checkpoint_file
 try:
@@ -400,7 +400,10 @@ try:
     print('loaded', ckpt['state_dict']['w'].numel())
 except Exception as e:
     print('refused', type(e).__name__, str(e).replace(chr(10), ' '))
-print('maxrss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM: the peak of this process's own memory. ru_maxrss would not do: Linux keeps it across
+# fork and exec, so it starts at the (test runner) parent's peak
+hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM:')][0]
+print('maxrss_mb', int(hwm.split()[1]) // 1024)
 """
 
 
