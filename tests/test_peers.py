@@ -22,7 +22,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope, init_default_scope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
-from test_vit_alignment import reference_output_labels
+from test_vit_alignment import block_inputs, reference_output_labels
 
 import mmtlalign  # noqa: F401
 from mmtlalign.errors import UserInputError, UserTypeError
@@ -440,13 +440,7 @@ def test_smmix_refuses_swin_in_one_line():
 def per_token_reference(parent, x, token_share, labels, partner, K=10, r=0.5):
     """The K-dim TL-Align rule (DESIGN.md section 1) for every token: explicit attention of
     every block from its own input; returns (B, 1 + N, K)."""
-    inputs = []
-    hooks = [layer.attn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
-             for layer in parent.layers]
-    with torch.no_grad():
-        parent(x)
-    for h in hooks:
-        h.remove()
+    inputs = block_inputs(parent, x)
     y_a = F.one_hot(labels, K).double()
     y_b = y_a[partner]
     s = token_share.double()[..., None]

@@ -19,11 +19,8 @@ K = 10  # classes of the reference label vectors
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 
 
-def reference_output_labels(parent, x, token_share, labels, partner, r=0.5):
-    """K-dim TL-Align (DESIGN.md §1) with explicit attention from each block's own qkv.
-
-    Returns the (B, K) label of the output token(s) the head consumes.
-    """
+def block_inputs(parent, x):
+    """The input of every block's attention in one no-grad forward of ``parent``."""
     inputs = []
     hooks = [layer.attn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
              for layer in parent.layers]
@@ -31,6 +28,15 @@ def reference_output_labels(parent, x, token_share, labels, partner, r=0.5):
         parent(x)
     for h in hooks:
         h.remove()
+    return inputs
+
+
+def reference_output_labels(parent, x, token_share, labels, partner, r=0.5):
+    """K-dim TL-Align (DESIGN.md §1) with explicit attention from each block's own qkv.
+
+    Returns the (B, K) label of the output token(s) the head consumes.
+    """
+    inputs = block_inputs(parent, x)
     return reference_from_block_inputs(parent, inputs, token_share, labels, partner, r)
 
 
