@@ -22,7 +22,6 @@ from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope, init_default_scope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
-from test_vit_alignment import block_inputs, reference_output_labels
 
 import mmtlalign  # noqa: F401
 from mmtlalign.errors import UserInputError, UserTypeError
@@ -38,6 +37,7 @@ from mmtlalign.models import (
 
 import datagen
 from helpers import make_vit_pair
+from kdim_reference import vit_attention, vit_block_inputs, vit_token_labels
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'tlalign', 'demo')
@@ -134,23 +134,8 @@ def ref_smmix(x, scores, patch, side):
 
 def explicit_attention(vit, images, block=-1):
     """(B, 1 + N, 1 + N) head-mean softmax attention of one block, float64, from the block's
-    own qkv projection applied to its input (captured by a hook)."""
-    inputs = []
-    layer = vit.layers[block]
-    hook = layer.attn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
-    with torch.no_grad():
-        vit(images)
-    hook.remove()
-    return attention_of(layer.attn, inputs[0])
-
-
-def attention_of(attn, h, mean=True):
-    B, N, _ = h.shape
-    with torch.no_grad():
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dims).permute(2, 0, 3, 1, 4)
-    q, k = qkv[0].double(), qkv[1].double()
-    A = torch.softmax(q @ k.transpose(-2, -1) * attn.head_dims**-0.5, dim=-1)
-    return A.mean(dim=1) if mean else A
+    own qkv projection applied to its input."""
+    return vit_attention(vit.layers[block].attn, vit_block_inputs(vit, images)[block])
 
 
 @pytest.fixture(autouse=True)
@@ -437,21 +422,6 @@ def test_smmix_refuses_swin_in_one_line():
 
 
 # ------------------------------------------------------------------ TL-Align on the new masks
-def per_token_reference(parent, x, token_share, labels, partner, K=10, r=0.5):
-    """The K-dim TL-Align rule (DESIGN.md section 1) for every token: explicit attention of
-    every block from its own input; returns (B, 1 + N, K)."""
-    inputs = block_inputs(parent, x)
-    y_a = F.one_hot(labels, K).double()
-    y_b = y_a[partner]
-    s = token_share.double()[..., None]
-    lam = 1 - token_share.double().mean(dim=1, keepdim=True)
-    Y = torch.cat([(lam * y_a + (1 - lam) * y_b)[:, None],
-                   (1 - s) * y_a[:, None] + s * y_b[:, None]], dim=1)
-    for layer, h in zip(parent.layers, inputs):
-        Y = (1 - r) * Y + r * (attention_of(layer.attn, h) @ Y)
-    return Y
-
-
 @pytest.mark.parametrize('mixer', [MaskMix(cell_size=56, seed=1), BlockMaskMix(seed=2)],
                          ids=['maskmix', 'block'])
 def test_tlalign_on_the_new_masks_matches_the_k_dim_reference_per_token(mixer):
@@ -462,7 +432,8 @@ def test_tlalign_on_the_new_masks_matches_the_k_dim_reference_per_token(mixer):
     with torch.no_grad():
         _, share, _, traced = aligned.forward_aligned(mixed.inputs, mixed.token_share,
                                                       dense=True)
-    Y = per_token_reference(parent, mixed.inputs, mixed.token_share, labels, mixed.partner)
+    Y = vit_token_labels(parent, vit_block_inputs(parent, mixed.inputs), mixed.token_share,
+                         labels, mixed.partner)
     y_a = F.one_hot(labels, 10).double()
     y_b = y_a[mixed.partner]
     t = traced.double()[..., None]
@@ -472,9 +443,6 @@ def test_tlalign_on_the_new_masks_matches_the_k_dim_reference_per_token(mixer):
     assert err < 1e-5, err
     out = (1 - share.double()[:, None]) * y_a + share.double()[:, None] * y_b
     torch.testing.assert_close(out, Y[:, 0], atol=1e-5, rtol=0)
-    # the existing reference of the output label agrees too
-    torch.testing.assert_close(out, reference_output_labels(
-        parent, mixed.inputs, mixed.token_share, labels, mixed.partner), atol=1e-5, rtol=0)
     # the rule moved the labels: traced shares are not the starting ones
     assert (traced - mixed.token_share).abs().max() > 0.05
     if isinstance(mixer, MaskMix):  # 56-px cells on 16-px tokens: fractional tokens

@@ -24,8 +24,8 @@ from mmtlalign.models.alignment import aligned_target, token_share_from_mask
 from mmtlalign.models.swin import window_attend
 
 import datagen
+from kdim_reference import K, swin_token_labels, swin_window_attention
 
-K = 10  # classes of the reference label vectors
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = [f'configs/tlalign/swin-{a}_16xb64{s}.py' for a in 'tsb' for s in ('', '_cutmix')]
 
@@ -52,81 +52,6 @@ def make_pair(img_size=224, seed=0, **kwargs):
     parent.eval()  # BaseBackbone.train() returns None, so no chaining
     aligned.eval()
     return parent, aligned
-
-
-# ---- the independent K-dimensional reference --------------------------------------------------
-
-def captured_attention(parent, x):
-    """Each block's post-softmax window attention (nW*B, heads, N, N), from the parent."""
-    attns = []
-    hooks = [block.attn.w_msa.softmax.register_forward_hook(
-        lambda m, a, out: attns.append(out.detach().double()))
-        for stage in parent.stages for block in stage.blocks]
-    with torch.no_grad():
-        parent(x)
-    for h in hooks:
-        h.remove()
-    return attns
-
-
-def window_token_coords(Hp, Wp, ws, shift):
-    """(num_windows, ws*ws, 2): for each token of each window of the rolled map, its (row,
-    col) on the padded, un-rolled map (torch.roll by -shift: rolled[y] = map[(y + shift) % n])."""
-    coords = [[((wr * ws + i + shift) % Hp, (wc * ws + j + shift) % Wp)
-               for i in range(ws) for j in range(ws)]
-              for wr in range(Hp // ws) for wc in range(Wp // ws)]
-    return torch.tensor(coords)
-
-
-def reference_block(Y, attn, ws, shift):
-    """One block on (B, H, W, K) labels: padded keys carry no label (masked out, attention
-    renormalised over real keys), then Y <- Y/2 + (A Y)/2."""
-    B, H, W, _ = Y.shape
-    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-    coords = window_token_coords(Hp, Wp, ws, shift)
-    nW = len(coords)
-    AY = torch.zeros(B, Hp, Wp, Y.shape[-1], dtype=Y.dtype)
-    for w, c in enumerate(coords):
-        rows, cols = c[:, 0], c[:, 1]
-        real = ((rows < H) & (cols < W)).double()                     # (N,)
-        keys = Y[:, rows.clamp(max=H - 1), cols.clamp(max=W - 1)] * real[None, :, None]
-        A = attn[w::nW].mean(dim=1)                                    # (B, N, N)
-        AY[:, rows, cols] = (A @ keys) / (A @ real)[..., None]
-    return 0.5 * Y + 0.5 * AY[:, :H, :W]
-
-
-def reference_merge(Y):
-    """2x2 patch merging: the mean label of the real sources of each group."""
-    B, H, W, Kc = Y.shape
-    Ho, Wo = -(-H // 2), -(-W // 2)
-    total = torch.zeros(B, Ho, Wo, Kc, dtype=Y.dtype)
-    count = torch.zeros(1, Ho, Wo, 1, dtype=Y.dtype)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            part = Y[:, dy::2, dx::2]
-            total[:, :part.shape[1], :part.shape[2]] += part
-            count[:, :part.shape[1], :part.shape[2]] += 1
-    return total / count
-
-
-def reference_label_map(parent, x, token_share, labels, partner):
-    """K-dim TL-Align for Swin (DESIGN.md §1 "Swin"): the (B, h, w, K) labels of the last
-    stage's tokens."""
-    attns = iter(captured_attention(parent, x))
-    B, _, H, W = x.shape
-    y_a = F.one_hot(labels, K).double()
-    y_b = y_a[partner]
-    s = token_share.double().view(B, H // 4, W // 4, 1)
-    Y = (1 - s) * y_a[:, None, None] + s * y_b[:, None, None]         # (B, H0, W0, K)
-    for stage in parent.stages:
-        for block in stage.blocks:
-            ws = block.attn.window_size
-            one_window = min(Y.shape[1:3]) == ws and not block.attn.pad_small_map
-            shift = 0 if one_window else block.attn.shift_size
-            Y = reference_block(Y, next(attns), ws, shift)
-        if stage.downsample is not None:
-            Y = reference_merge(Y)
-    return Y
 
 
 def grid_share(B, grid, seed):
@@ -160,7 +85,8 @@ def test_share_matches_k_dim_reference(img_size, pad_small_map, share_kind):
     with torch.no_grad():
         outs, share = aligned.forward_aligned(x, token_share)
         tracer = aligned.trace_shares(x, token_share)
-    ref = reference_label_map(parent, x, token_share, labels, partner)
+    attns, _ = swin_window_attention(parent, x)
+    ref = swin_token_labels(parent, attns, token_share, grid, labels, partner)
     # the target global average pooling feeds the head
     ours = aligned_target(labels, partner, share.double(), K)
     torch.testing.assert_close(ours, ref.mean(dim=(1, 2)), atol=1e-5, rtol=0)

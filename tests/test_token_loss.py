@@ -18,7 +18,6 @@ import os.path as osp
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmpretrain.models import SwinTransformer, VisionTransformer
@@ -32,14 +31,21 @@ from mmtlalign.models.token_loss import token_targets
 
 import datagen
 from helpers import PY, ROOT, free_port, ok, run_tool
+from kdim_reference import (
+    K,
+    swin_token_labels,
+    swin_window_attention,
+    vit_block_inputs,
+    vit_output_label,
+    vit_token_labels,
+)
 
-K = 10  # classes of the reference label vectors
 TOL = 1e-5
 
 MMLogger.get_current_instance().setLevel(logging.WARNING)
 
 
-# ---- ViT: the independent K-dimensional reference, every token ------------------------------
+# ---- ViT: every token against the K-dimensional reference (kdim_reference.py) --------------
 def vit_pair(out_type, seed=0):
     """mmpretrain's DeiT-T and the aligned subclass with the same, sharpened weights (attention
     far from uniform, so a wrong rule cannot pass by staying near the area share)."""
@@ -57,38 +63,18 @@ def vit_pair(out_type, seed=0):
     return parent, aligned
 
 
-def vit_reference(parent, x, token_share, labels, partner, r=0.5):
-    """K-dim TL-Align (DESIGN.md §1) with explicit attention from each block's own qkv.
-
-    Returns:
-        tuple: (B, 1 + N, K) the label of every token after the last block, (B, N, C) the
-        parent's output patch tokens (final norm; for avg_featmap also ln2), its outs.
-    """
-    inputs, final = [], []
-    hooks = [layer.attn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
-             for layer in parent.layers]
-    hooks.append(parent.ln1.register_forward_hook(lambda m, a, o: final.append(o)))
+def vit_parent_tokens(parent, x):
+    """The parent's output patch tokens, (B, N, C) (final norm; for avg_featmap also ln2), and
+    its outs."""
+    final = []
+    hook = parent.ln1.register_forward_hook(lambda m, a, o: final.append(o))
     with torch.no_grad():
         outs = parent(x)
         tokens = final[-1][:, 1:]
         if parent.out_type == 'avg_featmap':
             tokens = parent.ln2(tokens)
-    for h in hooks:
-        h.remove()
-    y_a = F.one_hot(labels, K).double()
-    y_b = y_a[partner]
-    s = token_share.double()[..., None]
-    lam = 1 - token_share.double().mean(dim=1, keepdim=True)
-    Y = torch.cat([(lam * y_a + (1 - lam) * y_b)[:, None],
-                   (1 - s) * y_a[:, None] + s * y_b[:, None]], dim=1)   # (B, 1 + N, K)
-    for layer, h in zip(parent.layers, inputs):
-        attn = layer.attn
-        B, N, _ = h.shape
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dims).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0].double(), qkv[1].double()
-        A = torch.softmax(q @ k.transpose(-2, -1) * attn.head_dims**-0.5, dim=-1).mean(dim=1)
-        Y = (1 - r) * Y + r * (A @ Y)
-    return Y, tokens, outs
+    hook.remove()
+    return tokens, outs
 
 
 def grid_share(B, grid, seed, box=(slice(2, 9), slice(3, 11))):
@@ -121,14 +107,14 @@ def test_vit_every_token_target_matches_k_dim_reference(out_type, share_kind):
 
     with torch.no_grad():
         outs, share, tokens, traced = aligned.forward_aligned(x, token_share, dense=True)
-    ref, ref_tokens, ref_outs = vit_reference(parent, x, token_share, labels, partner)
+    ref = vit_token_labels(parent, vit_block_inputs(parent, x), token_share, labels, partner)
+    ref_tokens, ref_outs = vit_parent_tokens(parent, x)
     # every patch token's target, and the output's, from the one pass
     ours = token_targets(labels, partner, traced.double(), K)
     assert ours.shape == (B, 196, K)
     torch.testing.assert_close(ours, ref[:, 1:], atol=TOL, rtol=0)
-    pooled = ref[:, 0] if out_type == 'cls_token' else ref[:, 1:].mean(dim=1)
     torch.testing.assert_close(token_targets(labels, partner, share.double()[:, None], K)[:, 0],
-                               pooled, atol=TOL, rtol=0)
+                               vit_output_label(parent, ref), atol=TOL, rtol=0)
     # the tokens are the parent's, and the outputs exactly its forward's
     assert torch.equal(tokens, ref_tokens)
     for o, r in zip(outs, ref_outs):
@@ -139,7 +125,7 @@ def test_vit_every_token_target_matches_k_dim_reference(out_type, share_kind):
         assert ((token_share > 0) & (token_share < 1)).any()
 
 
-# ---- Swin: the independent K-dimensional reference, every last-stage token -------------------
+# ---- Swin: every last-stage token against the K-dimensional reference ------------------------
 def swin_pair(img_size, seed=0, **kwargs):
     """mmpretrain's Swin-T and the aligned subclass, random relative position biases and
     sharpened q/k so that window attention is far from uniform."""
@@ -159,73 +145,6 @@ def swin_pair(img_size, seed=0, **kwargs):
     return parent, aligned
 
 
-def window_token_coords(Hp, Wp, ws, shift):
-    """(num_windows, ws*ws, 2): each token of each window of the map rolled by -shift, as
-    (row, col) on the padded un-rolled map (rolled[y] = map[(y + shift) % n])."""
-    coords = [[((wr * ws + i + shift) % Hp, (wc * ws + j + shift) % Wp)
-               for i in range(ws) for j in range(ws)]
-              for wr in range(Hp // ws) for wc in range(Wp // ws)]
-    return torch.tensor(coords)
-
-
-def reference_block(Y, attn, ws, shift, r):
-    """One block on (B, H, W, K) labels: padded keys carry no label (attention renormalised
-    over the real keys of the window), then Y <- (1 - r) Y + r A Y."""
-    B, H, W, _ = Y.shape
-    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-    coords = window_token_coords(Hp, Wp, ws, shift)
-    nW = len(coords)
-    AY = torch.zeros(B, Hp, Wp, Y.shape[-1], dtype=Y.dtype)
-    for w, c in enumerate(coords):
-        rows, cols = c[:, 0], c[:, 1]
-        real = ((rows < H) & (cols < W)).double()
-        keys = Y[:, rows.clamp(max=H - 1), cols.clamp(max=W - 1)] * real[None, :, None]
-        A = attn[w::nW].mean(dim=1)                                    # (B, N, N)
-        AY[:, rows, cols] = (A @ keys) / (A @ real)[..., None]
-    return (1 - r) * Y + r * AY[:, :H, :W]
-
-
-def reference_merge(Y):
-    """2x2 patch merging (bottom/right padding): the mean label of the real sources."""
-    B, H, W, Kc = Y.shape
-    Ho, Wo = -(-H // 2), -(-W // 2)
-    total = torch.zeros(B, Ho, Wo, Kc, dtype=Y.dtype)
-    count = torch.zeros(1, Ho, Wo, 1, dtype=Y.dtype)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            part = Y[:, dy::2, dx::2]
-            total[:, :part.shape[1], :part.shape[2]] += part
-            count[:, :part.shape[1], :part.shape[2]] += 1
-    return total / count
-
-
-def swin_reference(parent, x, token_share, labels, partner, r=0.5):
-    """K-dim TL-Align for Swin (DESIGN.md §1 "Swin"): (B, h, w, K) labels of the last stage's
-    tokens, and the parent's outs."""
-    attns = []
-    hooks = [block.attn.w_msa.softmax.register_forward_hook(
-        lambda m, a, out: attns.append(out.detach().double()))
-        for stage in parent.stages for block in stage.blocks]
-    with torch.no_grad():
-        outs = parent(x)
-    for h in hooks:
-        h.remove()
-    attns = iter(attns)
-    B, _, H, W = x.shape
-    y_a = F.one_hot(labels, K).double()
-    y_b = y_a[partner]
-    s = token_share.double().view(B, H // 4, W // 4, 1)
-    Y = (1 - s) * y_a[:, None, None] + s * y_b[:, None, None]
-    for stage in parent.stages:
-        for block in stage.blocks:
-            ws = block.attn.window_size
-            one_window = min(Y.shape[1:3]) == ws and not block.attn.pad_small_map
-            Y = reference_block(Y, next(attns), ws, 0 if one_window else block.attn.shift_size, r)
-        if stage.downsample is not None:
-            Y = reference_merge(Y)
-    return Y, outs
-
-
 # 224: no padding; 192: every stage pads its windows; 200: windows padded and the 25x25 and
 # 13x13 maps merged with padding (odd sizes)
 @pytest.mark.parametrize('img_size,pad_small_map', [(224, False), (192, True), (200, True)])
@@ -238,7 +157,8 @@ def test_swin_every_token_target_matches_k_dim_reference(img_size, pad_small_map
 
     with torch.no_grad():
         outs, share, tokens, traced = aligned.forward_aligned(x, token_share, dense=True)
-    ref, ref_outs = swin_reference(parent, x, token_share, labels, partner)
+    attns, ref_outs = swin_window_attention(parent, x)
+    ref = swin_token_labels(parent, attns, token_share, grid, labels, partner)
     h, w = ref.shape[1:3]
     assert traced.shape == (B, h * w) and tokens.shape == (B, h * w, 768)
     ours = token_targets(labels, partner, traced.double(), K)
@@ -249,7 +169,7 @@ def test_swin_every_token_target_matches_k_dim_reference(img_size, pad_small_map
         assert torch.equal(o, r)
     # origin shares: the same reference without attention (r = 0: merging only)
     origin = aligned.origin_token_share(token_share, grid)
-    ref0, _ = swin_reference(parent, x, token_share, labels, partner, r=0.0)
+    ref0 = swin_token_labels(parent, attns, token_share, grid, labels, partner, r=0.0)
     torch.testing.assert_close(token_targets(labels, partner, origin.double(), K),
                                ref0.flatten(1, 2), atol=TOL, rtol=0)
     # the test can fail: attention moved the tokens' labels away from plain merging

@@ -13,53 +13,9 @@ import mmtlalign  # noqa: F401
 from mmtlalign.models import AlignedVisionTransformer, TLAlignClassifier, TLAlignMix
 
 from helpers import make_vit_pair, vit_grid_share
-
-K = 10  # classes of the reference label vectors
+from kdim_reference import K, vit_output_label, vit_output_labels, vit_token_labels
 
 MMLogger.get_current_instance().setLevel(logging.WARNING)
-
-
-def block_inputs(parent, x):
-    """The input of every block's attention in one no-grad forward of ``parent``."""
-    inputs = []
-    hooks = [layer.attn.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
-             for layer in parent.layers]
-    with torch.no_grad():
-        parent(x)
-    for h in hooks:
-        h.remove()
-    return inputs
-
-
-def reference_output_labels(parent, x, token_share, labels, partner, r=0.5):
-    """K-dim TL-Align (DESIGN.md §1) with explicit attention from each block's own qkv.
-
-    Returns the (B, K) label of the output token(s) the head consumes.
-    """
-    inputs = block_inputs(parent, x)
-    return reference_from_block_inputs(parent, inputs, token_share, labels, partner, r)
-
-
-def reference_from_block_inputs(model, inputs, token_share, labels, partner, r=0.5):
-    """The K-dim rule given each block's attention input (the LayerNorm output)."""
-    y_a = F.one_hot(labels, K).double()
-    y_b = y_a[partner]
-    s = token_share.double()[..., None]
-    patch_labels = (1 - s) * y_a[:, None] + s * y_b[:, None]          # (B, N, K)
-    lam = 1 - token_share.double().mean(dim=1, keepdim=True)
-    cls_label = lam * y_a + (1 - lam) * y_b                             # (B, K)
-    Y = torch.cat([cls_label[:, None], patch_labels], dim=1)            # (B, 1 + N, K)
-
-    for layer, h in zip(model.layers, inputs):
-        attn = layer.attn
-        B, N, _ = h.shape
-        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dims).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0].double(), qkv[1].double()
-        A = torch.softmax(q @ k.transpose(-2, -1) * attn.head_dims**-0.5, dim=-1).mean(dim=1)
-        Y = (1 - r) * Y + r * (A @ Y)
-    if model.out_type == 'cls_token':
-        return Y[:, 0]
-    return Y[:, 1:].mean(dim=1)
 
 
 def fractional_share(B, grid, seed):
@@ -87,7 +43,7 @@ def test_share_matches_k_dim_reference(arch, out_type, share_kind):
     with torch.no_grad():
         outs, share = aligned.forward_aligned(x, token_share)
     ours = mmtlalign.models.alignment.aligned_target(labels, partner, share.double(), K)
-    ref = reference_output_labels(parent, x, token_share, labels, partner)
+    ref = vit_output_labels(parent, x, token_share, labels, partner)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     if share_kind == 'fractional':
         assert ((token_share > 0) & (token_share < 1)).any()
@@ -143,7 +99,8 @@ def test_attention_dropout_traces_before_dropout():
     for h in hooks:
         h.remove()
     # the reference replays the rule on the block inputs of that dropout-perturbed pass
-    ref = reference_from_block_inputs(aligned, inputs, token_share, labels, partner)
+    ref = vit_output_label(aligned, vit_token_labels(aligned, inputs, token_share, labels,
+                                                     partner))
     ours = mmtlalign.models.alignment.aligned_target(labels, partner, share.double(), K)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
