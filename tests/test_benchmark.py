@@ -250,6 +250,7 @@ def run_dirs(work):
     return sorted(glob.glob(osp.join(work, '*', 'seed*', '2*')))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_tiny_suite_writes_results_and_a_rerun_skips_every_cell(tmp_path):
     suite, work = tiny_suite(tmp_path, epochs=1), str(tmp_path / 'work')
@@ -313,6 +314,7 @@ def test_tiny_suite_writes_results_and_a_rerun_skips_every_cell(tmp_path):
     assert "model.backbone.drop_rate: was 0.0, now None" in other.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_interrupted_cell_resumes(tmp_path):
     suite, work = tiny_suite(tmp_path, epochs=4, n_train=256), str(tmp_path / 'work')

@@ -168,6 +168,7 @@ def last_top1(cell_dir):
         return [json.loads(line) for line in f if 'accuracy/top1' in line][-1]['accuracy/top1']
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_demo_runs_the_embedded_suite_over_seeds(tmp_path):
     src, root, work = (str(tmp_path / n) for n in ('src', 'cache', 'work'))
@@ -205,6 +206,7 @@ def test_demo_runs_the_embedded_suite_over_seeds(tmp_path):
     assert osp.isfile(osp.join(work, 'results.md'))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_demo_on_an_imagenet_layout_folder(tmp_path):
     data = datagen.make_imagenet(str(tmp_path / 'imagenet'), num_classes=3, per_class=6,

@@ -420,6 +420,7 @@ evaluation = [
     return str(path)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_stages_run_through_the_benchmark_and_a_rerun_skips_them(tmp_path):
     suite, work = tiny_suite(tmp_path), str(tmp_path / 'work')

@@ -549,6 +549,7 @@ def test_suites_name_the_peer_arms():
     assert demo.parse_args(['--arms', *PEER_ARMS]).arms == PEER_ARMS
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_every_peer_arm_trains_through_tools_benchmark(tmp_path):
     """The peer arms with their own label rules or losses (PAL, SMMix, TL-Align on block

@@ -247,6 +247,7 @@ def test_launchers_refuse_an_option_in_the_work_dir_position():
             assert f"'{args[-1]}' is in the {what} position" in lines[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_slurm_train_two_tasks_on_a_cpu_only_cluster_equals_torchrun(env, cpu_cluster):
     work = osp.join(env.tmp, 'cpu2')
@@ -263,6 +264,7 @@ def test_slurm_train_two_tasks_on_a_cpu_only_cluster_equals_torchrun(env, cpu_cl
     assert_same_training(osp.join(env.reference(), 'iter_8.pth'), osp.join(work, 'iter_8.pth'))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_node_torchrun_on_localhost_equals_one_node(env):
     work = osp.join(env.tmp, 'twonode')
@@ -275,6 +277,7 @@ def test_two_node_torchrun_on_localhost_equals_one_node(env):
     assert_same_training(osp.join(env.reference(), 'iter_8.pth'), osp.join(work, 'iter_8.pth'))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_slurm_train_with_gpu_gres_and_slurm_test(env, cluster):
     cluster.restart(gres=2)
@@ -309,6 +312,7 @@ def test_slurm_train_with_gpu_gres_and_slurm_test(env, cluster):
         cluster.restart(gres=0)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_slurm_train_resumes_bitwise_after_scancel(env, cpu_cluster):
     work = osp.join(env.tmp, 'scancel')
@@ -338,6 +342,7 @@ def table_jobs(out):
     return rows
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_benchmark_submits_every_cell_as_a_job(env, cpu_cluster):
     suite, work = env.suite('tiny'), osp.join(env.tmp, 'bench')
@@ -389,6 +394,7 @@ def test_benchmark_submits_every_cell_as_a_job(env, cpu_cluster):
     assert 'submitted nothing' in later and 'tlalign - cutmix' in later
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_benchmark_downstream_waits_for_its_training_cell_and_failures_resubmit(env,
                                                                                   cpu_cluster):
@@ -434,6 +440,7 @@ def test_benchmark_downstream_waits_for_its_training_cell_and_failures_resubmit(
 # --------------------------------------------------------------------------------------------
 # pre-emption
 # --------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_cluster):
     arms = [dict(name='tlalign', config=env.tlalign)]
@@ -469,6 +476,7 @@ def test_requeued_cell_ends_bitwise_equal_to_an_uninterrupted_one(env, cpu_clust
                                                              'exact_resume'))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cell_at_a_short_time_limit_requeues_itself_and_ends_bitwise_equal(env, cpu_cluster):
     """--time 1 minute and the warning 40 s before it: training saves at SIGUSR1, the job
@@ -500,6 +508,7 @@ def test_cell_at_a_short_time_limit_requeues_itself_and_ends_bitwise_equal(env, 
                          keys=('state_dict', 'optimizer', 'param_schedulers', 'exact_resume'))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cell_stopped_at_a_signal_but_not_requeued_is_resubmitted_by_wait(env, cpu_cluster):
     """A job that saved at a signal but that Slurm does not run again (here: --no-requeue, so
