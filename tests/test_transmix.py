@@ -278,7 +278,8 @@ def test_error_transmix_without_class_token_output(kwargs, match):
 
 @pytest.mark.parametrize('align,match', [
     ('CutMixLabel', r"unknown label rule 'CutMixLabel' in model.align; choose one of "
-                    r"\['AreaLabel', 'PALLabel', 'SMMixLabel', 'TLAlignLabel', 'TransMixLabel'\]"),
+                    r"\['AreaLabel', 'ContentLabel', 'PALLabel', 'SMMixLabel', 'TLAlignLabel', "
+                    r"'TransMixLabel'\]"),
     (None, 'model.align must be True'),
     (dict(type='TransMixLabel', attn_weight=2), 'attn_weight must lie in'),
 ])
@@ -288,8 +289,8 @@ def test_error_bad_align(align, match):
 
 
 def test_rules_are_registered_siblings_selected_by_align():
-    assert sorted(LABEL_RULES.module_dict) == ['AreaLabel', 'PALLabel', 'SMMixLabel',
-                                               'TLAlignLabel', 'TransMixLabel']
+    assert sorted(LABEL_RULES.module_dict) == ['AreaLabel', 'ContentLabel', 'PALLabel',
+                                               'SMMixLabel', 'TLAlignLabel', 'TransMixLabel']
     assert all(issubclass(cls, LabelRule) for cls in LABEL_RULES.module_dict.values())
     assert type(build_label_rule(True)) is TLAlignLabel
     assert type(build_label_rule(False)) is AreaLabel

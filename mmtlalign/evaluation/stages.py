@@ -26,6 +26,10 @@ imagenet_sketch  top-1 on ImageNet-Sketch                                  ``Ima
 imagenet_c       top-1 per corruption and severity on ImageNet-C; mean     ``ImageNet-C mCE``,
                  corruption error, normalised by AlexNet's and not         ``ImageNet-C mCE
                                                                            (unnorm.)``
+label_fidelity   on CutMix pairs of test images with known foreground      ``share MAE <rule>``,
+                 (``fg_mask``), each label rule's partner share against    ``share r <rule>``,
+                 the content share (:mod:`.label_fidelity`)                ``share MAE <rule>
+                                                                           vs area``
 ===============  ========================================================  =====================
 
 Every stage uses a fixed ``seed`` (default 0) for its random draws; each image draws its own
@@ -38,8 +42,10 @@ import torch
 
 from ..errors import UserInputError
 from . import perturbations as P
+from .base import Stage
 from .calibration import N_BINS, calibration
 from .evaluator import correct, patch_size_of, top1
+from .label_fidelity import LabelFidelity
 
 #: AlexNet's top-1 error on ImageNet-C per corruption, averaged over the 5 severities: the
 #: normaliser of the mCE. Source: Hendrycks & Dietterich, "Benchmarking Neural Network
@@ -61,39 +67,6 @@ def trapezoid_mean(xs, ys):
     if len(xs) < 2:
         return float(ys.mean())
     return float(np.trapz(ys, xs) / (xs[-1] - xs[0]))
-
-
-class Stage:
-    """One evaluation stage. Subclasses set ``KIND``, ``PARAMS`` (name -> default) and
-    implement :meth:`metric_names` and :meth:`run`."""
-    KIND = ''
-    PARAMS = {}
-
-    def __init__(self, name=None, **params):
-        unknown = set(params) - set(self.PARAMS) - {'seed'}
-        if unknown:
-            raise UserInputError(f'evaluation stage {name or self.KIND!r} ({self.KIND}): '
-                                 f'unknown parameter(s) {", ".join(sorted(unknown))}; allowed: '
-                                 f'{", ".join(sorted(self.PARAMS)) or "none"}, seed.')
-        self.name = name or self.KIND
-        self.seed = int(params.pop('seed', 0))
-        self.params = {**self.PARAMS, **params}
-
-    def spec(self):
-        """The stage as a JSON-able dict (what makes two evaluations the same)."""
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()}
-        return dict(kind=self.KIND, name=self.name, seed=self.seed, **params)
-
-    def metric_names(self):
-        raise NotImplementedError
-
-    def check(self):
-        """Raise :class:`~mmtlalign.datasets.imagenet_robustness.RobustnessSetMissing` when
-        the stage's data is not there (nothing to check for computed perturbations)."""
-
-    def run(self, ev):
-        """Returns ``dict(metrics={name: value}, curves={...}, num_images=N)``."""
-        raise NotImplementedError
 
 
 class Occlusion(Stage):
@@ -223,7 +196,7 @@ class RobustnessSet(Stage):
     def dataset(self):
         return dict(type=self.DATASET, data_root=self.params['data_root'])
 
-    def check(self):
+    def check(self, cfg=None):
         from ..datasets.imagenet_robustness import check_root
         check_root(self.LABEL, self.params['data_root'],
                    f' (stage {self.name!r}: its data_root in the suite; the ImageNet suites '
@@ -305,7 +278,7 @@ class ImageNetCStage(RobustnessSet):
 
 KINDS = {cls.KIND: cls for cls in (Occlusion, PatchShuffle, Corruption, Calibration,
                                    ImageNetV2Stage, ImageNetAStage, ImageNetRStage,
-                                   ImageNetSketchStage, ImageNetCStage)}
+                                   ImageNetSketchStage, ImageNetCStage, LabelFidelity)}
 
 
 def build_stage(spec, where='evaluation'):

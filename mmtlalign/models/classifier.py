@@ -6,6 +6,7 @@ from mmpretrain.registry import MODELS
 from ..errors import UserInputError, UserTypeError
 from .alignment import aligned_target
 from .labels import RuleLossInputs, build_label_rule
+from .labels.content import stack_fg_masks
 from .mixing import BatchMixer
 from .smmix import received_attention
 from .token_loss import build_token_head, build_token_loss_config, token_targets
@@ -160,6 +161,10 @@ class TLAlignClassifier(ImageClassifier):
                              f'{self.num_classes}; set model.head.num_classes to the number of '
                              'classes of the dataset.')
         mixed = self._mix(inputs)
+        if getattr(self.label_rule, 'needs_fg_mask', False):  # the oracle (ContentLabel)
+            mixed.fg_mask = stack_fg_masks([s.get('fg_mask') for s in data_samples],
+                                           inputs.shape[-2:],
+                                           repr(self.label_rule)).to(inputs.device)
         self._traced.clear()
         if self.token_loss_cfg is not None:
             losses, share = self._dense_loss(inputs, data_samples, labels, mixed)

@@ -29,6 +29,13 @@ class MixedBatch:
             (``'maskmix'``, ``'block'``, ``'smmix'``); None for :class:`TLAlignMix` batches.
         aux (dict): what a mixer computed for the losses of its own method (SMMix: the
             ``'motivation_logits'`` (B, K) of its no-grad pass on the unmixed batch).
+        pixel_mask (Tensor, optional): (B, H, W) in [0, 1], 1 where the pixel was pasted from
+            the partner at the same position (a Mixup blend: the blend weight), as
+            :class:`TLAlignMix` mixes; None for mixers that do not keep it. The content share
+            (:mod:`mmtlalign.models.labels.content`) reads it.
+        fg_mask (Tensor, optional): (B, H, W) bool foreground of the unmixed images; set by
+            :class:`TLAlignClassifier` from ``data_sample.fg_mask`` for the rules that need it
+            (``ContentLabel``), else None.
     """
     inputs: torch.Tensor
     partner: torch.Tensor
@@ -38,6 +45,8 @@ class MixedBatch:
     mixed: Optional[torch.Tensor] = None
     kind: Optional[str] = None
     aux: dict = field(default_factory=dict)
+    pixel_mask: Optional[torch.Tensor] = None
+    fg_mask: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.mixed is None:
@@ -226,16 +235,18 @@ class TLAlignMix(BatchMixer):
             partner=partner,
             token_share=token_share,
             area_share=mask.mean(dim=(1, 2)),
-            uniform=bool((use_mixup | ~mixed).all()))
+            uniform=bool((use_mixup | ~mixed).all()),
+            pixel_mask=mask)
 
     def _unmixed(self, inputs, grid):
-        B = inputs.shape[0]
+        B, _, H, W = inputs.shape
         return MixedBatch(
             inputs=inputs,
             partner=torch.arange(B, device=inputs.device),
             token_share=inputs.new_zeros(B, grid[0] * grid[1]),
             area_share=inputs.new_zeros(B),
-            uniform=True)
+            uniform=True,
+            pixel_mask=inputs.new_zeros(1, H, W).expand(B, H, W))
 
     def _partners(self, B, device):
         """(B,) index of the image each image takes content from."""
