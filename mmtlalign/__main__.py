@@ -11,6 +11,11 @@ import importlib
 import os.path as osp
 from typing import Dict, List, Optional
 
+import mmtlalign
+from mmtlalign.benchmark.demo import MAIN_JOB_ARMS, SUITE
+from mmtlalign.benchmark.suite import SUITE_DIR, load_suite
+from mmtlalign.paths import project_root
+
 
 def _version(module: str) -> str:
     try:
@@ -47,8 +52,6 @@ def environment(verbose: bool = False) -> Dict[str, str]:
 def suites() -> List[Dict[str, object]]:
     """The benchmark suites of ``configs/benchmarks/``: name, arms, seeds, downstream stages,
     and for the main job's suite the arms it runs (``main_job``)."""
-    from mmtlalign.benchmark.demo import MAIN_JOB_ARMS, SUITE
-    from mmtlalign.benchmark.suite import SUITE_DIR, load_suite
     found = []
     for path in sorted(glob.glob(osp.join(SUITE_DIR, '*.py'))):
         name = osp.splitext(osp.basename(path))[0]
@@ -65,8 +68,6 @@ def suites() -> List[Dict[str, object]]:
 
 
 def report(verbose: bool = False) -> str:
-    import mmtlalign
-    from mmtlalign.cli.paths import project_root
     lines = [f'mmtlalign {mmtlalign.__version__}',
              f'  package: {osp.dirname(osp.abspath(mmtlalign.__file__))}']
     try:

@@ -8,7 +8,7 @@ before they read a config) teaches :meth:`mmengine.config.Config._get_cfg_path` 
 
 * ``mmtlalign::<path under configs/>``, e.g. ``'mmtlalign::tlalign/deit-s_8xb128.py'``, or a
   config's bare name when it is unique, e.g. ``'mmtlalign::deit-s_8xb128.py'``;
-* the file is found where :func:`mmtlalign.cli.paths.project_root` finds ``configs/`` (the
+* the file is found where :func:`mmtlalign.paths.project_root` finds ``configs/`` (the
   checkout of an editable install, or ``mmtlalign/.mim`` of a wheel), and only there: a name
   that leads out of ``configs/`` (``..``, an absolute path, a symlink) is refused in one line;
 * the base is inherited exactly as a path would be (no ``_scope_`` is added: our configs set
@@ -21,6 +21,10 @@ config's path.
 import glob
 import os.path as osp
 from typing import Optional, Tuple
+
+from mmengine.config import Config
+
+from .paths import project_root
 
 PREFIX = 'mmtlalign::'
 
@@ -35,7 +39,6 @@ def resolve(name: str) -> str:
     """The file of ``mmtlalign::<name>``, always under ``configs/``; FileNotFoundError (one
     line) when there is none, or when ``name`` leads out of ``configs/`` (``..``, an absolute
     path, a symlink): a config that a scoped name reaches is one the package ships."""
-    from .cli.paths import project_root
     root = osp.join(project_root(), 'configs')
     path = osp.join(root, name)  # an absolute name replaces root here: checked below
     if not _inside(root, path):
@@ -61,7 +64,6 @@ def resolve(name: str) -> str:
 
 def install() -> None:
     """Teach mmengine's ``Config`` the ``mmtlalign::`` prefix (idempotent)."""
-    from mmengine.config import Config
     original = Config.__dict__['_get_cfg_path']
     func = getattr(original, '__func__', original)
     if getattr(func, 'mmtlalign_scope', False):

@@ -121,7 +121,7 @@ def test_scoped_names_stay_inside_configs(tmp_path):
     from mmengine.config import Config
 
     from mmtlalign.cli import launch
-    from mmtlalign.cli.paths import project_root
+    from mmtlalign.paths import project_root
     planted = tmp_path / 'elsewhere' / 'x.py'
     planted.parent.mkdir()
     planted.write_text("planted = 'ran'\n")

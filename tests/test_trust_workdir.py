@@ -383,7 +383,7 @@ def test_benchmark_local_never_writes_through_links_and_takes_metrics_from_its_m
 
 def test_records_fail_their_schema_in_one_line(tmp_path):
     from mmtlalign.benchmark.cells import read_marker
-    from mmtlalign.evaluation.cli import read_result
+    from mmtlalign.evaluation.results import read_result
     work = tmp_path / 'w'
     work.mkdir()
     (work / 'benchmark_cell.json').write_text(json.dumps(dict(

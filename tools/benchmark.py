@@ -76,10 +76,10 @@ def main(argv=None):
                             cpus_per_task=args.cpus_per_task, time=args.time,
                             slurm_args=args.slurm_args)
         work_dir = args.work_dir or osp.join('work_dirs', 'benchmarks', suite.name)
-        results, failed = run_suite(suite, work_dir, launcher, args.cfg_options,
-                                    args.downstream_cfg_options, dry_run=args.dry_run,
-                                    jobs=args.jobs, max_jobs=args.max_jobs, wait=args.wait,
-                                    poll=args.poll)
+        results, failed, _ = run_suite(suite, work_dir, launcher, args.cfg_options,
+                                       args.downstream_cfg_options, dry_run=args.dry_run,
+                                       jobs=args.jobs, max_jobs=args.max_jobs, wait=args.wait,
+                                       poll=args.poll)
     except UserInputError as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:

@@ -16,13 +16,21 @@ against :data:`MARKER_SCHEMA` (statuses from a fixed set, Slurm job ids ``^\\d+(
 cell is ``done`` only with the marker its run wrote at the end, holding the metrics, the
 checkpoint (a file inside the cell's work dir) and that checkpoint's SHA-256, which must still
 match: the results come from that marker, never from re-reading the scalars.
+
+A run that has just ended is read once (:func:`cell_result`: its last validation's metrics, its
+checkpoint and that checkpoint's SHA-256), and those go into its ``done`` marker.
 """
 import json
 import os.path as osp
 from dataclasses import dataclass, field
+from typing import Optional
+
+from mmengine.config import Config
 
 from .. import workdir as wd
 from ..errors import UserInputError
+from ..paths import project_root
+from .metrics import last_validation
 
 MARKER = 'benchmark_cell.json'
 STATUSES = ('running', 'submitted', 'done')
@@ -63,12 +71,8 @@ class Cell:
         """What makes two runs of this cell the same experiment."""
         options = {k: v for k, v in self.options.items() if k != self.checkpoint_key}
         return dict(arm=self.arm, seed=self.seed, stage=self.stage,
-                    config=osp.relpath(self.config, _root()), options=_jsonable(options))
-
-
-def _root():
-    from .suite import ROOT
-    return ROOT
+                    config=osp.relpath(self.config, project_root()),
+                    options=_jsonable(options))
 
 
 def _jsonable(obj):
@@ -93,14 +97,14 @@ def plan_cells(suite, work_root, cfg_options=None, downstream_options=None):
                         metrics=[m for m in suite.metrics if m.stage == 'train'],
                         root=work_root)
             cells.append(cell)
-            for stage in suite.downstream:
-                opts = {**stage.cfg_options, **(downstream_options or {}),
+            for down in suite.downstream:
+                opts = {**down.cfg_options, **(downstream_options or {}),
                         'randomness.seed': seed}
                 cells.append(Cell(
-                    arm=arm.name, seed=seed, stage=stage.name, config=stage.config,
-                    work_dir=osp.join(work_root, arm.name, f'seed{seed}-{stage.name}'),
-                    options=opts, metrics=stage.metrics, parent=cell,
-                    checkpoint_key=stage.checkpoint_key, root=work_root))
+                    arm=arm.name, seed=seed, stage=down.name, config=down.config,
+                    work_dir=osp.join(work_root, arm.name, f'seed{seed}-{down.name}'),
+                    options=opts, metrics=down.metrics, parent=cell,
+                    checkpoint_key=down.checkpoint_key, root=work_root))
     for cell in cells:
         cell.state = cell_state(cell)
     return cells
@@ -166,6 +170,49 @@ def cell_state(cell):
     if osp.isdir(cell.work_dir) and wd.read_last_checkpoint(cell.work_dir):
         return 'partial'
     return 'new'
+
+
+def finished_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint a run left (its checked ``last_checkpoint``: one line naming a file
+    inside ``work_dir``), or None."""
+    return wd.read_last_checkpoint(work_dir)
+
+
+def expected_checkpoint(cell: Cell) -> str:
+    """Where a training cell's last checkpoint will be (for commands printed before it ran)."""
+    if cell.state == 'done':
+        return cell.result['checkpoint']
+    try:
+        cfg = Config.fromfile(cell.config)
+        cfg.merge_from_dict(cell.options)
+        train_cfg = cfg.train_cfg
+        if train_cfg.get('by_epoch', 'max_epochs' in train_cfg):
+            return osp.join(cell.work_dir, f'epoch_{train_cfg.max_epochs}.pth')
+        return osp.join(cell.work_dir, f'iter_{train_cfg.max_iters}.pth')
+    except Exception:  # noqa: BLE001  (only a printed hint; the real run reads last_checkpoint)
+        return osp.join(cell.work_dir, 'epoch_N.pth')
+
+
+def cell_result(cell: Cell) -> dict:
+    """What a run that has just ended left: the metrics of its last validation (read from its
+    own scalars, once: they go into the ``done`` marker), its checkpoint and that
+    checkpoint's SHA-256. A cell already done has them from its marker."""
+    if cell.state == 'done' and cell.result:
+        return cell.result
+    metrics = last_validation(cell.work_dir, cell.metrics)
+    missing = [m.name for m in cell.metrics if m.name not in metrics]
+    ckpt = finished_checkpoint(cell.work_dir)
+    if ckpt is None:
+        missing.append('checkpoint (last_checkpoint)')
+    return dict(metrics={k: v for k, v in metrics.items() if k != 'step'},
+                step=metrics.get('step'), missing=missing, checkpoint=ckpt,
+                sha256=wd.sha256(ckpt) if ckpt else None)
+
+
+def done_marker(result, **extra):
+    """The fields of a ``done`` marker (:func:`write_marker`) for ``result``."""
+    return dict(metrics=result['metrics'], step=result['step'], checkpoint=result['checkpoint'],
+                sha256=result['sha256'], **extra)
 
 
 def _diff(old, new):

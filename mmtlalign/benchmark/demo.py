@@ -11,20 +11,23 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import numpy as np
+import torch
 
 from .. import workdir
-from ..cli.paths import tool_path
+from ..cli.cfg_options import option_args
+from ..datasets import FashionMNISTError, prepare_fashion_mnist
 from ..errors import UserInputError
+from ..paths import config_path, project_root, tool_path
 from .launch import Launcher
 from .metrics import history
-from .report import table_rows, text_table, write_json
+from .report import evaluation_report, table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
-from .stages import evaluation_report
-from .suite import ROOT, load_suite
+from .suite import load_suite
 
-SUITE = osp.join(ROOT, 'configs', 'benchmarks', 'fmnist.py')
+SUITE = config_path('benchmarks', 'fmnist.py')
 #: the arms of SUITE the main job runs unless --arms names others (tools/demo.py's default)
 MAIN_JOB_ARMS = ('cutmix', 'tlalign', 'transmix')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -134,12 +137,11 @@ def analyse(cell, num_batches, options, seed):
     ckpt = cell.result.get('checkpoint')
     if not num_batches or not ckpt:
         return None
-    from .launch import option_args
     out_dir = osp.join(cell.work_dir, 'token_fluctuation')
     cmd = [sys.executable, tool_path('analysis', 'token_fluctuation.py'),
            cell.config, ckpt, '--out-dir', out_dir, '--num-batches', str(num_batches),
            '--batch-size', '64', '--seed', str(seed), '--cfg-options', *option_args(options)]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=project_root())
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     workdir.write_text(osp.join(cell.work_dir, 'analysis_output.log'), proc.stdout + proc.stderr,
@@ -176,6 +178,7 @@ def smooth(values, window=5):
 
 def plot_curves(suite, cells, analyses, path, title):
     """Validation top-1 (per seed and mean), training loss and token fluctuation of every arm."""
+    # matplotlib here, not at the top: about a second to import, and only the plots need it
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -261,9 +264,6 @@ def warmup_options(n_train, batch_size, epochs, warmup=0.3):
 
 def run_demo(args):
     """The main job; ``args`` from tools/demo.py. Returns the results dict."""
-    import time
-
-    import torch
     start = time.time()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f'CPU ({os.cpu_count()} cores)'
@@ -284,7 +284,6 @@ def run_demo(args):
         dataset = (f'{args.data} ({num_classes} classes, {splits["train"]["n"]} training / '
                    f'{splits["val"]["n"]} validation images at {args.img_size}x{args.img_size})')
     else:
-        from mmtlalign.datasets import FashionMNISTError, prepare_fashion_mnist
         try:
             root = prepare_fashion_mnist(args.fmnist_root, source=args.fmnist_source)
         except FashionMNISTError as e:
@@ -301,14 +300,14 @@ def run_demo(args):
     # one cell per core: small models use a core badly with several threads (2x faster here)
     jobs = args.jobs or (1 if torch.cuda.is_available() else max(1, min(os.cpu_count() or 1,
                                                                          len(suite.arms))))
-    results, failed = run_suite(suite, work_root, Launcher('local'), options, jobs=jobs,
-                                echo=say)
+    results, failed, cells = run_suite(suite, work_root, Launcher('local'), options, jobs=jobs,
+                                       echo=say)
     if failed:
         raise UserInputError(f'{len(failed)} cell(s) failed: ' +
                              ', '.join(c.name for c in failed) + '; see their '
                              'benchmark_output.log, then run the same command again (finished '
                              'cells are kept).')
-    cells = _cells(suite, work_root, options)
+    cells = [c for c in cells if c.stage == 'train']  # the evaluation cells: in results
     analyses = {}
     for arm in suite.arms:  # the first seed of each arm: the plots show one model per arm
         cell = next(c for c in cells if c.arm == arm.name)
@@ -348,14 +347,4 @@ def run_demo(args):
                 '{layer_drift,share_scatter,share_maps}.png')
     say(f'results: {results["files"]["json"]}, {results["files"]["md"]}')
     return results
-
-
-def _cells(suite, work_root, options):
-    """The finished cells with their results (as run_suite left them on disk)."""
-    from .cells import plan_cells
-    from .runner import cell_result
-    cells = plan_cells(suite, work_root, options)
-    for c in cells:
-        c.result = cell_result(c) if c.state == 'done' else {}
-    return cells
 

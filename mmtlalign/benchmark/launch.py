@@ -13,15 +13,16 @@ import os
 import os.path as osp
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 from .. import workdir
-from ..cli.paths import tool_path
+from ..cli.cfg_options import option_args
 from ..errors import UserInputError
-from .suite import ROOT
+from ..paths import project_root, tool_path
 
 LOG = 'benchmark_output.log'
 #: training processes running now (stopped by :func:`stop_all` when the benchmark is stopped)
@@ -57,18 +58,6 @@ class Launcher:
         return self
 
 
-def format_value(value):
-    """A config value as mmengine's ``--cfg-options`` parser (DictAction) reads it back."""
-    if isinstance(value, (list, tuple)):
-        inner = ','.join(format_value(v) for v in value)
-        return f'[{inner}]' if isinstance(value, list) else f'({inner})'
-    return str(value)  # True/False/None/numbers/strings round-trip through DictAction
-
-
-def option_args(options):
-    return [f'{k}={format_value(v)}' for k, v in options.items()]
-
-
 def train_args(cell, resume):
     """tools/train.py's arguments after CONFIG (and the launcher's own)."""
     args = ['--work-dir', cell.work_dir]
@@ -101,7 +90,7 @@ def command(cell, launcher, resume=False):
 def shell_line(argv, env):
     """One copy-pasteable shell line, paths relative to the working directory."""
     def short(a):
-        return osp.relpath(a) if osp.isabs(a) and a.startswith(ROOT) else a
+        return osp.relpath(a) if osp.isabs(a) and a.startswith(project_root()) else a
     argv = [short(a) for a in argv]
     if argv[0] == sys.executable:
         argv[0] = 'python'
@@ -144,7 +133,8 @@ def run(cell, launcher, resume, prefix, echo=print, env=None, live=True):
     argv, extra_env = command(cell, launcher, resume)
     workdir.makedirs(cell.work_dir, cell.root)
     env = dict(os.environ, **(env or {}), **extra_env)
-    env['PYTHONPATH'] = ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    env['PYTHONPATH'] = project_root() + (os.pathsep + env['PYTHONPATH']
+                                          if env.get('PYTHONPATH') else '')
     # idle OpenMP threads spin by default; on a shared CPU that slowed training many-fold
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tty = live and sys.stdout.isatty()
@@ -196,8 +186,6 @@ def log_tail(cell, n=15):
 
 def stop_on_sigterm():
     """SIGTERM stops like Ctrl-C: the running cells' processes are stopped with us."""
-    import signal
-
     def handler(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)

@@ -4,13 +4,24 @@ Per arm and metric: the per-seed values, mean and sample standard deviation. Per
 (arm against its baseline, and any extra pair the suite names): the paired difference over the
 seeds both ran, with its 95% t interval. The verdict names a difference only when that interval
 excludes 0; otherwise it says the arms are within the seed noise.
+
+The evaluation stages' metrics are aggregated like the others; :func:`summarise` adds their
+curves per arm (occlusion, corruption error per severity, reliability bins: the mean over seeds),
+:func:`compact_lines` / :func:`evaluation_report` their one-line summaries. ``results.png`` is
+drawn by :mod:`.plots`.
 """
-import math
 import os.path as osp
 import time
 
+import numpy as np
+
 from .. import workdir
-from .stats import mean_std, paired_difference, t_quantile
+from .evaluations import read_process
+from .plots import plot
+from .stats import mean_std, paired_difference
+
+#: metrics where lower is better (the compact lines say so)
+LOWER_IS_BETTER = ('corruption error', 'ECE', 'NLL', 'ImageNet-C mCE', 'ImageNet-C mCE (unnorm.)')
 
 
 def aggregate(suite, cells, work_root):
@@ -167,100 +178,6 @@ def write_json(results, path):
     workdir.write_json(path, results, indent=2)
 
 
-def plot(results, path):
-    """Per metric: per-seed values joined by seed across arms, with mean ± 95% CI (top); paired
-    differences against the baseline with their CI and the zero line (bottom)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    from .stages import families  # evaluation stages: a panel per metric family, below
-    evaluation = (results.get('evaluation') or {}).get('stages', {})
-    metrics = [m for m in results['metrics'] if m['stage'] not in evaluation]
-    panels = families(results)
-    has_comp = bool(results['comparisons'])
-    nrows = 2 if has_comp else 1
-    fig, axes, extra = _figure(plt, nrows, len(metrics), len(panels),
-                               max(5.5, 2.2 * len(results['arms'])) * len(metrics))
-    names = list(results['arms'])
-    seeds = [str(s) for s in results['seeds']]
-    colors = plt.cm.tab10.colors
-    for j, metric in enumerate(metrics):
-        ax = axes[0, j]
-        for k, seed in enumerate(seeds):
-            xs = [i for i, n in enumerate(names)
-                  if seed in results['arms'][n]['metrics'][metric['name']]['per_seed']]
-            ys = [results['arms'][names[i]]['metrics'][metric['name']]['per_seed'][seed]
-                  for i in xs]
-            ax.plot(xs, ys, 'o-', color=colors[k % 10], alpha=0.55, lw=1, ms=5,
-                    label=f'seed {seed}')
-        for i, n in enumerate(names):
-            m = results['arms'][n]['metrics'][metric['name']]
-            if m['mean'] is None:
-                continue
-            half = (t_quantile(0.975, m['n'] - 1) * m['std'] / math.sqrt(m['n'])
-                    if m['std'] is not None else 0)
-            ax.errorbar(i + 0.18, m['mean'], yerr=half, fmt='s', color='k', capsize=5,
-                        label='mean ± 95% CI' if i == 0 else None)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([results['arms'][n]['label'] for n in names])
-        ax.set_xlim(-0.5, len(names) - 0.3)
-        ax.set_ylabel(metric['name'])
-        ax.set_title(f'{metric["name"]}' + ('' if metric['stage'] == 'train'
-                                            else f' ({metric["stage"]})') +
-                     ': per seed (lines join a seed)')
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        if not has_comp:
-            continue
-        ax = axes[1, j]
-        comps = [c for c in results['comparisons'] if c['metric'] == metric['name']]
-        for i, c in enumerate(comps):
-            ax.plot([i] * c['n'], c['diffs'], 'o', color='tab:gray', alpha=0.6, ms=5,
-                    label='per seed' if i == 0 else None)
-            if c['ci'] is not None:
-                color = 'tab:green' if c['excludes_zero'] else 'tab:orange'
-                ax.errorbar(i + 0.15, c['mean'], yerr=[[c['mean'] - c['ci'][0]],
-                                                       [c['ci'][1] - c['mean']]],
-                            fmt='s', color=color, capsize=6,
-                            label=('CI excludes 0' if c['excludes_zero'] else
-                                   'CI includes 0 (seed noise)'))
-        ax.axhline(0, color='k', lw=1)
-        ax.set_xticks(range(len(comps)))
-        ax.set_xticklabels([c['label'] for c in comps], fontsize=8)
-        ax.set_xlim(-0.5, len(comps) - 0.3)
-        ax.set_ylabel(f'Δ {metric["name"]} (paired)')
-        ax.set_title('paired difference over seeds, mean ± 95% CI')
-        ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    for draw, ax in zip(panels, extra):
-        draw(ax)
-    fig.suptitle(f'benchmark {results["suite"]}: seeds {", ".join(seeds)}')
-    fig.tight_layout()
-    workdir.write_figure(fig, path)
-    plt.close(fig)
-
-
-def _figure(plt, nrows, ncols, npanels, width):
-    """(figure, ``(nrows, ncols)`` axes of the per-metric panels, axes of ``npanels`` extra
-    panels in rows of up to 3 below them)."""
-    if not npanels:
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4 * nrows), squeeze=False)
-        return fig, axes, []
-    import numpy as np
-    per_row = min(3, npanels)
-    extra_rows = -(-npanels // per_row)
-    fig = plt.figure(figsize=(max(width, 5.5 * per_row), 4 * (nrows + extra_rows)))
-    grid = fig.add_gridspec(nrows + extra_rows, 1)
-    top = grid[:nrows].subgridspec(nrows, ncols)
-    axes = np.array([[fig.add_subplot(top[r, c]) for c in range(ncols)] for r in range(nrows)])
-    bottom = grid[nrows:].subgridspec(extra_rows, per_row)
-    extra = [fig.add_subplot(bottom[k // per_row, k % per_row]) for k in range(npanels)]
-    return fig, axes, extra
-
-
 def write_all(results, work_root):
     """results.json, results.md and results.png in ``work_root``; returns their paths."""
     paths = {ext: osp.join(work_root, f'results.{ext}') for ext in ('json', 'md', 'png')}
@@ -268,3 +185,143 @@ def write_all(results, work_root):
     write_markdown(results, paths['md'])
     plot(results, paths['png'])
     return paths
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation stages: curves per arm, compact lines
+# ------------------------------------------------------------------------------------------
+def _mean_curve(curves):
+    """Element-wise mean and std over seeds of equally long lists (None where unequal)."""
+    if not curves or len({len(c) for c in curves}) != 1:
+        return None, None
+    arr = np.asarray(curves, float)
+    return arr.mean(0).tolist(), (arr.std(0, ddof=1).tolist() if len(arr) > 1 else None)
+
+
+def summarise(suite, cells, skipped=None):
+    """``results['evaluation']``: the stages, what was skipped, and per arm the curves of each
+    stage (per seed and the mean over seeds)."""
+    stages = getattr(suite, 'evaluation', [])
+    if not stages and not skipped:
+        return None
+    out = dict(stages={s.name: dict(kind=s.kind, label=s.label, spec=s.spec,
+                                    metrics=[m.name for m in s.metrics]) for s in stages},
+               skipped=dict(skipped or {}), curves={}, wall_s={})
+    for arm in suite.arms:
+        per_stage = {}
+        for stage in stages:
+            done = [c for c in cells if c.arm == arm.name and c.stage == stage.name and
+                    c.state == 'done']
+            if not done:
+                continue
+            curves = {str(c.seed): c.result.get('curves', {}) for c in done}
+            per_stage[stage.name] = dict(per_seed=curves, mean=_family_mean(stage.kind,
+                                                                            curves))
+        out['curves'][arm.name] = per_stage
+        walls, cpus = [], []
+        for c in cells:
+            if c.arm == arm.name and c.stage == 'train':
+                proc = read_process(c)
+                if proc is not None:
+                    walls.append(proc.get('wall_s'))
+                    cpus.append(proc.get('cpu_s'))
+        out['wall_s'][arm.name] = [w for w in walls if w is not None]
+        out.setdefault('cpu_s', {})[arm.name] = [w for w in cpus if w is not None]
+    return out
+
+
+def _family_mean(kind, curves):
+    """The mean over seeds of a stage's curve (occlusion top-1 per fraction, corruption error
+    per severity, reliability bins)."""
+    seeds = list(curves.values())
+    if kind == 'occlusion':
+        mean, std = _mean_curve([c['top1'] for c in seeds])
+        return dict(x=seeds[0]['fraction'], y=mean, std=std)
+    if kind in ('corruption', 'imagenet_c'):
+        mean, std = _mean_curve([c['error'] for c in seeds])
+        return dict(x=seeds[0]['severity'], y=mean, std=std)
+    if kind == 'patch_shuffle':
+        mean, std = _mean_curve([c['top1'] for c in seeds])
+        return dict(x=seeds[0]['grid'], y=mean, std=std)
+    if kind == 'calibration':  # pool the seeds' bins, weighted by count
+        bins = [c['bins'] for c in seeds]
+        n = np.sum([b['count'] for b in bins], 0)
+        acc = [sum((b['accuracy'][i] or 0) * b['count'][i] for b in bins) / n[i] if n[i]
+               else None for i in range(len(n))]
+        conf = [sum((b['confidence'][i] or 0) * b['count'][i] for b in bins) / n[i] if n[i]
+                else None for i in range(len(n))]
+        return dict(edges=bins[0]['edges'], accuracy=acc, confidence=conf,
+                    count=n.tolist())
+    return None
+
+
+def _fmt_mean(m):
+    if m['mean'] is None:
+        return '-'
+    return f'{m["mean"]:.2f}' + (f' ± {m["std"]:.2f}' if m['std'] is not None else '')
+
+
+def compact_lines(results):
+    """One line per evaluation metric: per arm mean ± std, and Δ vs its baseline (95% CI)."""
+    ev = results.get('evaluation') or {}
+    stages = ev.get('stages', {})
+    lines = []
+    for metric in results['metrics']:
+        if metric['stage'] not in stages:
+            continue
+        parts = []
+        for name, arm in results['arms'].items():
+            m = arm['metrics'][metric['name']]
+            text = f'{arm["label"]} {_fmt_mean(m)}'
+            comp = next((c for c in results['comparisons'] if c['arm'] == name and
+                         c['baseline'] == arm['baseline'] and c['metric'] == metric['name']),
+                        None)
+            if comp and comp['mean'] is not None:
+                ci = (f' [{comp["ci"][0]:+.2f}, {comp["ci"][1]:+.2f}]' if comp['ci'] else '')
+                beyond = ', beyond the noise' if comp['excludes_zero'] else ''
+                text += f' (Δ {comp["mean"]:+.2f}{ci}{beyond})'
+            parts.append(text)
+        better = 'lower is better' if metric['name'] in LOWER_IS_BETTER else 'higher is better'
+        lines.append((f'{metric["name"]} ({better})', ' | '.join(parts)))
+    width = max((len(a) for a, _ in lines), default=0)
+    out = [f'{a.ljust(width)}  {b}' for a, b in lines]
+    for name, reason in ev.get('skipped', {}).items():
+        out.append(f'{name}: skipped, not scored ({reason})')
+    return out
+
+
+#: what each evaluation metric shows, in plain words (the main job prints these)
+EXPLAIN = {
+    'occlusion AUC': 'mean top-1 with 10-90% of the patch tokens blanked (grey): how much '
+                     'the model still sees when parts of the object are hidden',
+    'shuffle 2x2 top-1': 'top-1 with the image cut into 2x2 blocks in random order: '
+                         'reliance on global layout vs local texture',
+    'shuffle 4x4 top-1': 'the same with 4x4 blocks (each block one 7-px token here)',
+    'corruption error': 'top-1 error under 15 ImageNet-C corruptions (noise, blur, weather, '
+                        'digital) x 5 severities, averaged: robustness to image damage',
+    'ECE': 'expected calibration error, 15 bins: the gap between how sure the model is and '
+           'how often it is right (0 = its confidence can be trusted)',
+    'NLL': 'negative log-likelihood of the true class: penalises confident mistakes',
+}
+
+
+def evaluation_report(results):
+    """The main job's lines after its table: one per evaluation metric, what each shows,
+    and the added time per cell."""
+    lines = compact_lines(results)
+    if not lines:
+        return []
+    out = ['', 'Beyond clean top-1 (per arm: mean ± std over seeds; Δ vs its baseline, paired '
+           'over seeds, [95% CI]):'] + ['  ' + line for line in lines]
+    shown = [m['name'] for m in results['metrics'] if m['name'] in EXPLAIN and
+             m['stage'] in (results.get('evaluation') or {}).get('stages', {})]
+    out += [f'  {name}: {EXPLAIN[name]}.' for name in shown]
+    walls = [w for ws in (results['evaluation'].get('wall_s') or {}).values() for w in ws]
+    cpus = [w for ws in (results['evaluation'].get('cpu_s') or {}).values() for w in ws]
+    if walls:
+        cpu = (f', {np.mean(cpus):.0f} s of CPU ({min(cpus):.0f}-{max(cpus):.0f} s: the '
+               'first cells compute the corrupted images, the others reuse them)'
+               if cpus else '')
+        out.append(f'  evaluation time per cell: {np.mean(walls):.0f} s wall on average{cpu}; '
+                   'one process per cell, after the training cells.')
+    return out

@@ -1,20 +1,35 @@
-"""Run a suite: plan its cells, skip finished ones, resume interrupted ones, run the rest in order
-(each downstream cell after the training cell whose checkpoint it starts from), then aggregate.
+"""Run a suite: plan its cells, train them (finished ones skipped, interrupted ones resumed, each
+downstream cell after the training cell whose checkpoint it starts from), evaluate every finished
+cell, aggregate over seeds and write ``results.{json,md,png}``.
 """
 import os
 import os.path as osp
-from typing import Callable, List, Optional, Tuple
+from concurrent import futures
+from typing import Callable, List, NamedTuple, Optional
 
 from .. import workdir
 from ..cli.messages import warn
 from ..errors import UserInputError
 from . import launch as launching
-from .cells import Cell, make_work_dir, plan_cells, write_marker
-from .metrics import last_validation
-from .report import aggregate, write_all
-from .stages import evaluate_cells
-from .stages import summarise as summarise_evaluation
+from .cells import (
+    cell_result,
+    done_marker,
+    expected_checkpoint,
+    make_work_dir,
+    plan_cells,
+    write_marker,
+)
+from .evaluations import evaluate_cells
+from .report import aggregate, summarise, write_all
+from .slurm import run_slurm
 from .suite import Suite
+
+
+class SuiteRun(NamedTuple):
+    """What :func:`run_suite` leaves."""
+    results: Optional[dict]  # None for a dry run, or slurm cells still queued
+    failed: List  # cells that failed (training, downstream or evaluation)
+    cells: List  # every cell with its state and result (evaluation cells after training)
 
 
 def fmt_time(seconds: float) -> str:
@@ -29,55 +44,13 @@ def _short(path):
     return path if rel.startswith('..') else rel
 
 
-def finished_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint a run left (its checked ``last_checkpoint``: one line naming a file
-    inside ``work_dir``), or None."""
-    return workdir.read_last_checkpoint(work_dir)
-
-
-def expected_checkpoint(cell: Cell) -> str:
-    """Where a training cell's last checkpoint will be (for commands printed before it ran)."""
-    if cell.state == 'done':
-        return cell.result['checkpoint']
-    try:
-        from mmengine.config import Config
-        cfg = Config.fromfile(cell.config)
-        cfg.merge_from_dict(cell.options)
-        train_cfg = cfg.train_cfg
-        if train_cfg.get('by_epoch', 'max_epochs' in train_cfg):
-            return osp.join(cell.work_dir, f'epoch_{train_cfg.max_epochs}.pth')
-        return osp.join(cell.work_dir, f'iter_{train_cfg.max_iters}.pth')
-    except Exception:  # noqa: BLE001  (only a printed hint; the real run reads last_checkpoint)
-        return osp.join(cell.work_dir, 'epoch_N.pth')
-
-
-def cell_result(cell: Cell) -> dict:
-    """What a run that has just ended left: the metrics of its last validation (read from its
-    own scalars, once: they go into the ``done`` marker), its checkpoint and that
-    checkpoint's SHA-256. A cell already done has them from its marker (:mod:`.cells`)."""
-    if cell.state == 'done' and cell.result:
-        return cell.result
-    metrics = last_validation(cell.work_dir, cell.metrics)
-    missing = [m.name for m in cell.metrics if m.name not in metrics]
-    ckpt = finished_checkpoint(cell.work_dir)
-    if ckpt is None:
-        missing.append('checkpoint (last_checkpoint)')
-    return dict(metrics={k: v for k, v in metrics.items() if k != 'step'},
-                step=metrics.get('step'), missing=missing, checkpoint=ckpt,
-                sha256=workdir.sha256(ckpt) if ckpt else None)
-
-
-def done_marker(result, **extra):
-    """The fields of a ``done`` marker (:func:`~.cells.write_marker`) for ``result``."""
-    return dict(metrics=result['metrics'], step=result['step'], checkpoint=result['checkpoint'],
-                sha256=result['sha256'], **extra)
-
-
 def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional[dict] = None,
               downstream_options: Optional[dict] = None, dry_run: bool = False, jobs: int = 1,
               echo: Callable[[str], None] = print, max_jobs: Optional[int] = None,
-              wait: bool = False, poll: float = 30.0) -> Tuple[Optional[dict], List]:
+              wait: bool = False, poll: float = 30.0) -> SuiteRun:
     """Run (or with ``dry_run`` print) every cell of ``suite``; write the three results files.
+
+    plan -> train -> evaluate -> aggregate -> write.
 
     Args:
         jobs (int): cells run side by side (local launcher only). Small models use a CPU core
@@ -89,8 +62,8 @@ def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional
             polls every ``poll`` seconds until every cell has ended.
 
     Returns:
-        (results dict or None for a dry run, list of failed cells); slurm without ``wait``:
-        None until every cell is done.
+        SuiteRun: ``results`` is None for a dry run, and with slurm without ``wait`` until
+        every cell is done.
     """
     launcher.check()
     if jobs > 1 and launcher.kind != 'local':
@@ -108,20 +81,37 @@ def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional
          f'{counts["partial"]} to resume, {counts["new"]} to run' +
          (f', {jobs} at a time' if jobs > 1 and not dry_run else ''))
     if launcher.kind == 'slurm':  # every cell its own batch job
-        from .slurm import run_slurm
-        done, failed = run_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo,
-                                 collect=cell_result)
-        if dry_run or not (done or wait):
-            return None, failed
-        for cell in cells:
-            if cell.state == 'done' and not cell.result:
-                cell.result = cell_result(cell)
-        cells, skipped = evaluate_cells(suite, cells, launcher, echo, failed=failed)
-        os.makedirs(work_root, exist_ok=True)
-        results = aggregate(suite, cells, work_root)
-        results['evaluation'] = summarise_evaluation(suite, cells, skipped)
-        results['files'] = write_all(results, work_root)
-        return results, failed
+        ended, failed, env = _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo)
+    else:
+        ended, failed, env = _train_here(suite, cells, launcher, dry_run, jobs, echo)
+    if not ended:  # printed (dry run), or left to the cluster
+        return SuiteRun(None, failed, cells)
+    # evaluation stages (robustness, calibration...) on every finished cell's checkpoint
+    cells, skipped = evaluate_cells(suite, cells, launcher, echo, jobs, env, failed)
+    os.makedirs(work_root, exist_ok=True)
+    results = aggregate(suite, cells, work_root)
+    results['evaluation'] = summarise(suite, cells, skipped)
+    results['files'] = write_all(results, work_root)
+    return SuiteRun(results, failed, cells)
+
+
+def _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo):
+    """Submit (or follow) every cell as its own batch job: ``(whether every cell has ended,
+    failed cells, extra environment of the evaluations)``."""
+    done, failed = run_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo,
+                             collect=cell_result)
+    if dry_run or not (done or wait):
+        return False, failed, {}
+    for cell in cells:
+        if cell.state == 'done' and not cell.result:
+            cell.result = cell_result(cell)
+    return True, failed, {}
+
+
+def _train_here(suite, cells, launcher, dry_run, jobs, echo):
+    """Train the unfinished cells on this machine (``jobs`` side by side): ``(True, failed
+    cells, extra environment of the evaluations)``; with ``dry_run`` print their commands (and
+    the evaluations') instead: ``(False, [], {})``."""
     run = _Run(cells, launcher, echo, jobs)
     for i, cell in enumerate(cells, 1):
         cell.prefix = f'[{i}/{len(cells)}] {cell.name}:'
@@ -136,15 +126,9 @@ def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional
                  launching.shell_line(argv, env))
     if dry_run:
         evaluate_cells(suite, cells, launcher, echo, dry_run=True)
-        return None, []
+        return False, [], {}
     run.all()
-    # evaluation stages (robustness, calibration...) on every finished cell's checkpoint
-    cells, skipped = evaluate_cells(suite, cells, launcher, echo, jobs, run.env, run.failed)
-    os.makedirs(work_root, exist_ok=True)
-    results = aggregate(suite, cells, work_root)
-    results['evaluation'] = summarise_evaluation(suite, cells, skipped)
-    results['files'] = write_all(results, work_root)
-    return results, run.failed
+    return True, run.failed, run.env
 
 
 class _Run:
@@ -170,9 +154,8 @@ class _Run:
         cell.options[cell.checkpoint_key] = ckpt
 
     def all(self):
-        from concurrent.futures import ThreadPoolExecutor
         pending, running = list(self.todo), {}
-        pool = ThreadPoolExecutor(self.jobs)
+        pool = futures.ThreadPoolExecutor(self.jobs)
         try:
             self._loop(pool, pending, running)
         except BaseException:  # Ctrl-C / SIGTERM: stop the cells' processes too
@@ -182,7 +165,6 @@ class _Run:
             pool.shutdown(wait=True)  # quick: the cells have finished or were stopped
 
     def _loop(self, pool, pending, running):
-        from concurrent.futures import FIRST_COMPLETED, wait
         while pending or running:
             for cell in list(pending):
                 if len(running) >= self.jobs:
@@ -197,7 +179,7 @@ class _Run:
                     running[pool.submit(self.one, cell)] = cell
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for future in done:
                 running.pop(future)
                 future.result()  # re-raise what went wrong in the launcher itself

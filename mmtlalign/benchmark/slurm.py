@@ -43,8 +43,8 @@ import sys
 import time
 
 from .. import workdir
-from ..cli.paths import tool_path
 from ..errors import UserInputError
+from ..paths import tool_path
 from . import launch as launching
 from .cells import make_work_dir, read_marker, write_marker
 

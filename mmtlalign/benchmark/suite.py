@@ -15,17 +15,25 @@ A suite file holds (see ``configs/benchmarks/fmnist.py`` for a commented example
     downstream = [dict(name='ade20k', label='ADE20K', config='configs/tlalign/ade20k/...py',
                        metrics=['mIoU'])]  # each arm's checkpoint into these configs
 
+    evaluation = [dict(kind='occlusion'), dict(kind='calibration', arms=['tlalign'])]
+
 Config paths are relative to the working directory or, failing that, to the repository root.
+The ``evaluation`` stages (:class:`EvalStage`; kinds and parameters of
+:mod:`mmtlalign.evaluation.stages`) run on each finished training cell of the arms they name
+(default every arm); they are checked here, so a typo fails before any training.
 """
+import glob
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ..cli.paths import project_root
-from ..errors import UserInputError
+from mmengine.config import Config
 
-ROOT = project_root()  # tools/ and configs/ (a checkout, or the installed .mim folder)
-SUITE_DIR = osp.join(ROOT, 'configs', 'benchmarks')
+from ..errors import UserInputError
+from ..evaluation.stages import build_stage
+from ..paths import config_path, project_root
+
+SUITE_DIR = config_path('benchmarks')
 
 #: metrics by name: the key mmengine logs for the last validation, and the factor to percent
 METRICS = {
@@ -60,8 +68,9 @@ class Arm:
 
 
 @dataclass
-class Stage:
-    """A downstream stage: each arm × seed checkpoint fine-tuned with ``config``."""
+class Downstream:
+    """A downstream task: each arm × seed checkpoint fine-tuned with ``config`` (a cell of its
+    own, after the training cell)."""
     name: str
     label: str
     config: str
@@ -79,20 +88,31 @@ class Suite:
     metrics: list  # of Metric, training stage first
     cfg_options: dict = field(default_factory=dict)
     comparisons: list = field(default_factory=list)  # (arm, reference arm) pairs
-    downstream: list = field(default_factory=list)  # of Stage
-    evaluation: list = field(default_factory=list)  # of stages.EvalStage, after training
+    downstream: list = field(default_factory=list)  # of Downstream
+    evaluation: list = field(default_factory=list)  # of EvalStage, after training
 
     def arm(self, name):
         return next(a for a in self.arms if a.name == name)
 
 
+@dataclass
+class EvalStage:
+    """One evaluation stage of a suite, run on a training cell's final checkpoint."""
+    name: str
+    kind: str
+    spec: dict  # what tools/analysis/evaluate.py --spec takes
+    label: str = ''
+    arms: list = None  # None: every arm
+    metrics: list = field(default_factory=list)  # of Metric
+
+
 def resolve_path(path: str, what: str) -> str:
     """An existing file: as given (relative to the working directory), else under the repo."""
-    for candidate in (path, osp.join(ROOT, path)):
+    for candidate in (path, osp.join(project_root(), path)):
         if osp.isfile(candidate):
             return osp.abspath(candidate)
     raise UserInputError(f'{what} {path!r} does not exist (paths are relative to the working '
-                         f'directory or the repository root {ROOT}).')
+                         f'directory or the repository root {project_root()}).')
 
 
 def find_suite(name: str) -> str:
@@ -102,7 +122,6 @@ def find_suite(name: str) -> str:
     candidate = osp.join(SUITE_DIR, name if name.endswith('.py') else name + '.py')
     if osp.isfile(candidate):
         return candidate
-    import glob
     known = sorted(osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(SUITE_DIR,
                                                                                  '*.py')))
     raise UserInputError(f'benchmark suite {name!r} does not exist; give a suite file or one '
@@ -142,6 +161,29 @@ def _fields(obj, allowed, where):
                              f'{", ".join(allowed)}.')
 
 
+def parse_evaluation(entries, where, arm_names):
+    """The suite's ``evaluation`` list as :class:`EvalStage` objects (checked now, so a typo
+    fails before any training)."""
+    stages = []
+    for i, entry in enumerate(entries or []):
+        entry = dict(kind=entry) if isinstance(entry, str) else dict(entry)
+        arms = entry.pop('arms', None)
+        label = entry.pop('label', None)
+        stage = build_stage(entry, f'{where}: evaluation[{i}]')
+        if arms is not None and not set(arms) <= set(arm_names):
+            raise UserInputError(f'{where}: evaluation[{i}] ({stage.name}) names arms '
+                                 f'{sorted(set(arms) - set(arm_names))}, which are not arms '
+                                 f'({", ".join(arm_names)}).')
+        metrics = [Metric(name=n, key=n, stage=stage.name) for n in stage.metric_names()]
+        stages.append(EvalStage(name=stage.name, kind=stage.KIND, spec=stage.spec(),
+                                label=label or stage.name, arms=arms, metrics=metrics))
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise UserInputError(f'{where}: evaluation stage names must be unique, got {names}; '
+                             "give repeated kinds a name=... each.")
+    return stages
+
+
 def load_suite(path: str, arms: Optional[Sequence[str]] = None,
                seeds: Optional[Sequence[int]] = None) -> Suite:
     """Read and check a suite file.
@@ -154,7 +196,6 @@ def load_suite(path: str, arms: Optional[Sequence[str]] = None,
     Returns:
         Suite
     """
-    from mmengine.config import Config
     path = find_suite(path)
     try:
         cfg = Config.fromfile(path)
@@ -203,7 +244,7 @@ def load_suite(path: str, arms: Optional[Sequence[str]] = None,
         raise UserInputError(f'seeds must be distinct integers, got {seeds}.')
 
     metrics = [_metric(m, 'train', where) for m in cfg.get('metrics', ['top-1'])]
-    stages = []
+    downstream = []
     for i, d in enumerate(cfg.get('downstream', [])):
         d = dict(d)
         _fields(d, ('name', 'label', 'config', 'metrics', 'checkpoint_key', 'cfg_options'),
@@ -215,12 +256,11 @@ def load_suite(path: str, arms: Optional[Sequence[str]] = None,
         d.setdefault('label', d['name'])
         d['metrics'] = [_metric(m, d['name'], where) for m in d['metrics']]
         d['cfg_options'] = _check_options(d.get('cfg_options'), f'{where}: downstream')
-        stages.append(Stage(**d))
+        downstream.append(Downstream(**d))
         metrics += d['metrics']
-    from .stages import parse_evaluation  # evaluation stages on each finished cell
-    evaluation = parse_evaluation(cfg.get('evaluation', []), where, names, Metric)
+    evaluation = parse_evaluation(cfg.get('evaluation', []), where, names)
     metrics += [m for stage in evaluation for m in stage.metrics]
     return Suite(name=cfg.get('name', osp.splitext(osp.basename(path))[0]), path=path,
                  arms=suite_arms, seeds=seeds, metrics=metrics,
                  cfg_options=_check_options(cfg.get('cfg_options'), f'{where}: cfg_options'),
-                 comparisons=comparisons, downstream=stages, evaluation=evaluation)
+                 comparisons=comparisons, downstream=downstream, evaluation=evaluation)

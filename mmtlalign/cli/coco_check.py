@@ -16,6 +16,8 @@ from mmengine.config import Config
 
 from mmtlalign.errors import UserInputError
 
+from .dataset_configs import annotation_path, dataset_configs
+
 
 def _few(names: Iterable, n: int = 5) -> str:
     names = list(names)
@@ -203,12 +205,11 @@ def check_coco_classes(cfg: Config, loaders: Sequence[str]) -> None:
     Raises:
         UserInputError: naming the file, the config key and the fix.
     """
-    from .launch import _annotation_path, _datasets
     for loader in loaders:
         if cfg.get(loader) is None:
             continue
-        for ds in _datasets(cfg[loader].get('dataset')):
-            path = _annotation_path(ds)
+        for ds in dataset_configs(cfg[loader].get('dataset')):
+            path = annotation_path(ds)
             if not path or not str(path).endswith('.json') or not osp.isfile(path):
                 continue
             coco = _read_coco(path, loader)

@@ -3,16 +3,25 @@
 Every check raises :class:`UserInputError` with a message that names the problem and the fix;
 the tools print it without a traceback.
 """
+import difflib
 import errno
+import importlib
 import os
 import os.path as osp
+import subprocess
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.registry import OPTIMIZERS, RUNNERS
+from mmengine.runner import Runner
 
-from mmtlalign import workdir
-from mmtlalign.errors import UserInputError  # noqa: F401  (re-exported for the tools)
+from .. import workdir
+from ..config_scope import PREFIX, resolve
+from ..errors import UserInputError  # noqa: F401  (re-exported for the tools)
+from .coco_check import check_coco_classes  # noqa: F401  (the tools call it from here)
+from .dataset_configs import annotation_path, dataset_configs
+from .schedule import check_schedule  # noqa: F401  (the tools call it from here)
 
 
 def add_common_args(parser):
@@ -33,15 +42,12 @@ def parse_args(parser, argv=None):
     return args
 
 
-
-
 def load_config(path, cfg_options=None):
     """Read a config file, with a clear error if it does not exist or does not parse.
 
     ``path`` may also name one of our configs by scope, ``mmtlalign::tlalign/deit-s_8xb128.py``
     (or ``mmtlalign::deit-s_8xb128.py``), as ``_base_`` can (:mod:`mmtlalign.config_scope`).
     """
-    from ..config_scope import PREFIX, resolve
     if path.startswith(PREFIX):
         try:
             path = resolve(path[len(PREFIX):])
@@ -105,24 +111,12 @@ def enable_amp(cfg):
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
-def _datasets(dataset_cfg):
-    """The dataset configs inside (possibly wrapped) dataset configs."""
-    if dataset_cfg is None:
-        return
-    yield dataset_cfg
-    for key in ('dataset', 'datasets'):
-        inner = dataset_cfg.get(key)
-        for d in inner if isinstance(inner, (list, tuple)) else [inner]:
-            if isinstance(d, dict):
-                yield from _datasets(d)
-
-
 def check_data_roots(cfg, loaders):
     """Fail early, naming the config key, when a dataset folder or annotation file is missing."""
     for loader in loaders:
         if cfg.get(loader) is None:
             continue
-        for ds in _datasets(cfg[loader].get('dataset')):
+        for ds in dataset_configs(cfg[loader].get('dataset')):
             if ds.get('download'):  # the dataset class fetches its own files
                 continue
             root = ds.get('data_root')
@@ -131,7 +125,7 @@ def check_data_roots(cfg, loaders):
                     f'dataset folder {root!r} ({loader}.dataset.data_root) does not exist. '
                     'Put the data there (see README "Datasets") or override it, e.g. '
                     f'--cfg-options {loader}.dataset.data_root=/path/to/data')
-            path = _annotation_path(ds)
+            path = annotation_path(ds)
             if path:
                 if not osp.isfile(path):
                     raise UserInputError(
@@ -201,27 +195,6 @@ def finish_distributed():
         dist.destroy_process_group()
 
 
-def check_schedule(cfg):
-    """Fit the warm-up into a shorter run (with a warning saying by how much) and warn about a
-    learning rate below ``eta_min``; see :mod:`mmtlalign.cli.schedule`."""
-    from .schedule import check_schedule as fit_and_check
-    return fit_and_check(cfg)
-
-
-def check_coco_classes(cfg, loaders):
-    """COCO annotation files against the classes in effect (``metainfo.classes`` or the dataset
-    class's default), before training; see :mod:`mmtlalign.cli.coco_check`."""
-    from .coco_check import check_coco_classes as check
-    check(cfg, loaders)
-
-
-def _annotation_path(ds):
-    ann, root = ds.get('ann_file'), ds.get('data_root')
-    if not ann:
-        return None
-    return ann if osp.isabs(ann) or not root else osp.join(root, ann)
-
-
 #: MASTER_PORTs of Slurm job steps: below Linux's ephemeral range (32768-60999), where an
 #: outgoing connection could already hold the port
 PORT_BASE, PORT_SPAN = 20000, 12000
@@ -244,7 +217,6 @@ def slurm_master_port():
 
 
 def _slurm_env_to_torch_env():
-    import subprocess
     nodes = os.environ['SLURM_NODELIST']
     addr = subprocess.getoutput(f'scontrol show hostname {nodes} | head -n1')
     os.environ.setdefault('MASTER_ADDR', addr)
@@ -256,8 +228,6 @@ def _slurm_env_to_torch_env():
 
 def build_runner(cfg):
     """Build the Runner (or the config's ``runner_type``)."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
@@ -281,10 +251,6 @@ def check_optimizer(cfg):
     name = optimizer.get('type') if isinstance(optimizer, dict) else None
     if not isinstance(name, str):
         return
-    import difflib
-    import importlib
-
-    from mmengine.registry import OPTIMIZERS
     try:  # the scope's own registry: its optimizers, then mmengine's (torch.optim)
         registry = importlib.import_module(f'{cfg.get("default_scope")}.registry').OPTIMIZERS
     except (ImportError, AttributeError):

@@ -4,7 +4,7 @@ ImageNet-C corruptions), calibration (ECE, NLL, reliability diagram).
 
 ``tools/analysis/evaluate.py`` runs them on one checkpoint; a benchmark suite lists them under
 ``evaluation = [...]`` and the runner evaluates every finished cell
-(:mod:`mmtlalign.benchmark.stages`).
+(:mod:`mmtlalign.benchmark.evaluations`).
 """
 from .calibration import calibration, reliability_bins
 from .evaluator import Evaluator, build_classifier, top1

@@ -9,56 +9,23 @@ whose file holds the same settings (stage spec, config, options, checkpoint size
 skipped; ``--force`` runs it again. A robustness set whose data is missing is reported once and
 recorded as ``missing`` (never scored).
 
-The result files are written and read back through :mod:`mmtlalign.workdir` (never through a
-link; owned by this user; checked against :data:`RESULT_SCHEMA`, else a one-line error naming
-the file to delete).
+The result files' format: :mod:`.results`.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 import time
 
-from .. import workdir as wd
+from mmengine.config import DictAction
+from mmengine.registry import init_default_scope
+
+from ..cli import launch
+from ..datasets.imagenet_robustness import RobustnessSetMissing
 from ..errors import UserInputError
-
-RESULT_SUFFIX = '.json'
-RESULT_SCHEMA = {'status': wd.one_of('done', 'missing'), 'settings': wd.is_dict,
-                 'metrics?': wd.dict_of(wd.optional(wd.is_number)), 'curves?': wd.is_dict,
-                 'num_images?': wd.optional(wd.is_int), 'wall_s?': wd.optional(wd.is_number),
-                 'reason?': wd.is_str, 'created?': wd.is_line}
-
-
-def checkpoint_stamp(path):
-    """What identifies a checkpoint file: absolute path, size, modification time."""
-    st = os.stat(path)
-    return dict(path=osp.abspath(path), size=st.st_size, mtime=int(st.st_mtime))
-
-
-def stage_settings(stage, config, checkpoint, options):
-    """What makes two evaluations the same: the stage, the config, its options (as the
-    command line spells them, so the benchmark and this tool compare equal) and the
-    checkpoint file."""
-    from ..benchmark.launch import format_value
-    options = {k: format_value(v) for k, v in (options or {}).items()}
-    return json.loads(json.dumps(dict(spec=stage.spec(), config=osp.abspath(config),
-                                      options=options,
-                                      checkpoint=checkpoint_stamp(checkpoint)), default=str))
-
-
-def result_path(work_dir, stage_name):
-    return osp.join(work_dir, stage_name + RESULT_SUFFIX)
-
-
-def read_result(work_dir, stage_name):
-    """The checked result file of a stage, or None."""
-    return wd.read_json(result_path(work_dir, stage_name), RESULT_SCHEMA,
-                        what='evaluation result', fix='delete it to evaluate that stage again')
-
-
-def write_result(work_dir, stage_name, data):
-    wd.write_json(result_path(work_dir, stage_name), data, indent=2, default=float)
+from .evaluator import Evaluator
+from .results import read_result, stage_settings, write_result
+from .stages import KINDS, build_stage, run_stage
 
 
 def load_specs(args):
@@ -83,14 +50,6 @@ def load_specs(args):
 def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=None,
              device=None, force=False, echo=print, cache_dir=None):
     """Run every stage of ``specs`` on the checkpoint; returns ``{stage name: result}``."""
-    from mmengine.registry import init_default_scope
-
-    import mmtlalign  # noqa: F401  (registers the components and datasets)
-
-    from ..cli import launch
-    from ..datasets.imagenet_robustness import RobustnessSetMissing
-    from .evaluator import Evaluator
-    from .stages import build_stage, run_stage
     if not osp.isfile(checkpoint):
         raise UserInputError(f'checkpoint {checkpoint!r} does not exist.')
     stages = [build_stage(s, 'evaluate.py') for s in specs]
@@ -108,7 +67,7 @@ def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=N
             results[stage.name] = old
             continue
         try:
-            stage.check()
+            stage.check(cfg)
         except RobustnessSetMissing as e:
             echo(f'{stage.name}: skipped, not scored -- {e}')
             results[stage.name] = dict(status='missing', reason=str(e), settings=settings)
@@ -129,9 +88,6 @@ def evaluate(config, checkpoint, specs, work_dir, cfg_options=None, batch_size=N
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
-    from .stages import KINDS
     p = argparse.ArgumentParser(description='Evaluation stages (robustness sets, occlusion, '
                                 'patch shuffle, corruptions, calibration) on a checkpoint.')
     p.add_argument('config')

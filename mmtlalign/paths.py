@@ -4,11 +4,12 @@ In a checkout (and its editable install) they sit beside the package; in a wheel
 install they are packaged under ``mmtlalign/.mim`` (as OpenMMLab packages do, for ``mim``).
 """
 import os.path as osp
+from functools import lru_cache
 from typing import Iterator
 
-from ..errors import UserInputError
+from .errors import UserInputError
 
-_PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_PACKAGE = osp.dirname(osp.abspath(__file__))
 
 
 def _candidates() -> Iterator[str]:
@@ -16,6 +17,7 @@ def _candidates() -> Iterator[str]:
     yield osp.join(_PACKAGE, '.mim')     # an installed package
 
 
+@lru_cache(maxsize=None)  # the install does not move while we run
 def project_root() -> str:
     """The folder that holds ``tools/`` and ``configs/``.
 
@@ -44,3 +46,4 @@ def tool_path(*parts: str) -> str:
 def config_path(*parts: str) -> str:
     """The path of a file under ``configs/``."""
     return osp.join(project_root(), 'configs', *parts)
+
