@@ -295,3 +295,68 @@ def test_label_fidelity_without_fg_masks_is_skipped_once(fmnist, tmp_path):
     assert sum('skipped, not scored' in line for line in lines) == 1
     with pytest.raises(UserInputError, match="unknown label rule 'Nope'"):
         build_stage(dict(kind='label_fidelity', rules=['AreaLabel', 'Nope']))
+
+
+# ------------------------------------------------------------------- ImageNet's boxes
+def write_box_xml(path, size, boxes):
+    """An ILSVRC Pascal-VOC box file (as in ILSVRC2012_bbox_val_v3.tgz)."""
+    objs = ''.join(
+        f'<object><name>n01440764</name><pose>Unspecified</pose><truncated>0</truncated>'
+        f'<difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>'
+        f'<ymax>{y2}</ymax></bndbox></object>' for x1, y1, x2, y2 in boxes)
+    with open(path, 'w') as f:
+        f.write(f'<annotation><folder>val</folder><filename>{osp.basename(path)[:-4]}'
+                f'</filename><source><database>ILSVRC_2012</database></source><size><width>'
+                f'{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>'
+                f'<segmented>0</segmented>{objs}</annotation>')
+
+
+def test_imagenet_boxes_give_the_mask_of_the_image_the_model_sees(tmp_path):
+    import os
+
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+    from PIL import Image
+
+    import mmtlalign  # noqa: F401
+    from mmtlalign.datasets.imagenet_robustness import RobustnessSetMissing
+    root = datagen.make_imagenet(str(tmp_path / 'imagenet'), num_classes=2, per_class=1,
+                                 val_per_class=2)
+    os.makedirs(osp.join(root, 'ILSVRC2012_bbox_val_v3', 'val'))
+    rng = np.random.default_rng(0)
+    boxes = {}
+    for name in sorted(os.listdir(osp.join(root, 'val'))):
+        h, w = 48, 80  # not square: the short-edge resize and the centre crop both matter
+        Image.fromarray(rng.integers(0, 255, (h, w, 3)).astype(np.uint8)).save(
+            osp.join(root, 'val', name), format='JPEG')
+        b = [(5, 4, 30, 40), (50, 10, 79, 20)][:1 + len(boxes) % 2]
+        boxes[name] = b
+        write_box_xml(osp.join(root, 'ILSVRC2012_bbox_val_v3', 'val', name[:-5] + '.xml'),
+                      (h, w), b)
+    init_default_scope('mmpretrain')
+    pipeline = [dict(type='LoadImageFromFile'),
+                dict(type='FgMaskFromBoxes', transforms=[
+                    dict(type='ResizeEdge', scale=32, edge='short', backend='pillow'),
+                    dict(type='CenterCrop', crop_size=32)]),
+                dict(type='PackInputs', algorithm_keys=['fg_mask'])]
+    ds = DATASETS.build(dict(type='ImageNetBoxes', data_root=root, pipeline=pipeline))
+    assert len(ds) == 4
+    for i in range(len(ds)):
+        item = ds[i]
+        name = osp.basename(ds.get_data_info(i)['img_path'])
+        fg = np.asarray(item['data_samples'].fg_mask)
+        assert tuple(item['inputs'].shape) == (3, 32, 32) and fg.shape == (32, 32)
+        # the boxes mapped by hand: x 80 -> 53 (scale 2/3), centre crop (53 - 32) // 2 = 10
+        want = np.zeros((32, 32), bool)
+        for x1, y1, x2, y2 in boxes[name]:  # ILSVRC's max is the last pixel of the box
+            r1, r2 = y1 * 2 / 3, (y2 + 1) * 2 / 3
+            c1, c2 = x1 * 2 / 3 - 10, (x2 + 1) * 2 / 3 - 10
+            ys, xs = np.mgrid[0:32, 0:32] + 0.5  # pixel centres
+            want |= (ys > r1) & (ys < r2) & (xs > c1) & (xs < c2)
+        # the mask rode through the interpolation as a channel: a few edge pixels may flip
+        assert (fg != want).sum() <= 4 and want.sum() > 200, (name, (fg != want).sum())
+    with pytest.raises(RobustnessSetMissing, match='ILSVRC2012_bbox_val_v3'):
+        DATASETS.build(dict(type='ImageNetBoxes', data_root=root, box_root=str(tmp_path)))
+    os.remove(osp.join(root, 'ILSVRC2012_bbox_val_v3', 'val', 'ILSVRC2012_val_00000000.xml'))
+    with pytest.raises(UserInputError, match='no box file'):
+        DATASETS.build(dict(type='ImageNetBoxes', data_root=root))
