@@ -202,7 +202,9 @@ def test_canvas_arm_trains_with_tools_train(fmnist, tmp_path):
         'train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=16',
         'train_dataloader.batch_size=8', 'train_cfg.max_epochs=1',
         'param_scheduler.0.end=0.25', 'param_scheduler.1.begin=0.25']))
-    assert 'RandomCanvas(canvas_size=56, random=True)' in out
+    ran = Config.fromfile(osp.join(work, 'fmnist_canvas_vit_tlalign.py'))  # mmengine's dump
+    assert ran.train_dataloader.dataset.pipeline[0] == dict(type='RandomCanvas', canvas_size=56)
+    assert ran.model.backbone.img_size == 56 and 'Epoch(train) [1]' in out
     scalars = sorted(glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json')))[-1]
     lines = [json.loads(line) for line in open(scalars)]
     assert any('accuracy/top1' in d for d in lines)
