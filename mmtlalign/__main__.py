@@ -11,6 +11,8 @@ import importlib
 import os.path as osp
 from typing import Dict, List, Optional
 
+from mmengine.utils.dl_utils import collect_env
+
 import mmtlalign
 from mmtlalign.benchmark.demo import MAIN_JOB_ARMS, SUITE
 from mmtlalign.benchmark.suite import SUITE_DIR, load_suite
@@ -25,7 +27,7 @@ def _version(module: str) -> str:
 
 
 def _mmcv_ops() -> str:
-    try:
+    try:  # mmcv's compiled ops may be missing or broken: the report says why
         from mmcv.ops import get_compiler_version, get_compiling_cuda_version
     except Exception as e:
         return f'missing ({type(e).__name__}: {e}; see README "Installation")'.splitlines()[0]
@@ -37,7 +39,6 @@ def _mmcv_ops() -> str:
 def environment(verbose: bool = False) -> Dict[str, str]:
     """mmengine's ``collect_env`` (Python, PyTorch, CUDA, GPUs, compilers, OpenCV, MMEngine)
     plus mmcv with its ops, mmpretrain, mmdet, mmsegmentation and timm."""
-    from mmengine.utils.dl_utils import collect_env
     env = {k: str(v) for k, v in collect_env().items()}
     if not verbose:
         env.pop('PyTorch compiling details', None)

@@ -4,6 +4,8 @@ The models themselves (classifier, backbones, mixer) are registered in mmpretrai
 so that inherited mmpretrain configs build them by name. Label rules have a registry of their
 own, a child of mmpretrain's ``MODELS`` in the ``mmtlalign`` scope.
 """
+import importlib
+
 from mmengine.registry import Registry
 from mmpretrain.registry import MODELS
 
@@ -19,7 +21,6 @@ DOWNSTREAM_BACKBONES = ('AlignedVisionTransformer', 'AlignedSwinTransformer')
 
 def register_backbones_downstream():
     """Register the aligned backbones in mmdet's and mmseg's ``MODELS`` where installed."""
-    import importlib
     for scope in ('mmdet', 'mmseg'):
         try:
             registry = importlib.import_module(f'{scope}.registry').MODELS

@@ -21,12 +21,22 @@ Works for any mmpretrain ViT or Swin classifier: a plain ``VisionTransformer`` /
 ``SwinTransformer`` backbone is built as its aligned subclass (same weights, same forward).
 """
 import argparse
+import copy
 import os.path as osp
 import sys
 
 import numpy as np
+import torch
+from mmengine.config import DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, load_checkpoint
+from mmengine.utils import ProgressBar
+from mmpretrain.registry import MODELS
 
 from .. import workdir
+from ..cli import launch
+from ..errors import UserInputError
+from ..models import TLAlignMix
 
 ALIGNED_TYPES = {
     'VisionTransformer': 'AlignedVisionTransformer',
@@ -56,13 +66,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; imported when drawing, not at the
+    top: it takes about a second and the tracing does not need it."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
 # ------------------------------------------------------------------------------------------
 # building
 # ------------------------------------------------------------------------------------------
 def load_cfg(args):
-    from mmengine.config import DictAction  # noqa: F401
-
-    from mmtlalign.cli import launch
     options = None
     if args.cfg_options:
         parser = argparse.ArgumentParser()
@@ -72,12 +88,6 @@ def load_cfg(args):
 
 
 def build_model(cfg, checkpoint, device):
-    import copy
-
-    from mmengine.runner import load_checkpoint
-    from mmpretrain.registry import MODELS
-
-    from mmtlalign.cli.launch import UserInputError
     model_cfg = copy.deepcopy(cfg.model)
     backbone_type = model_cfg.backbone.get('type', '')
     short = backbone_type.split('.')[-1]
@@ -100,7 +110,6 @@ def build_model(cfg, checkpoint, device):
 
 
 def build_mixer(model, mode, seed):
-    from mmtlalign.models import TLAlignMix
     trained = getattr(model, 'mixer', None)
     alpha = getattr(trained, 'cutmix_alpha', 0) or 1.0  # Mixup-only recipes: CutMix alpha 1
     return TLAlignMix(cutmix_alpha=alpha, mixup_alpha=0.0, prob=1.0, mode=mode,
@@ -108,9 +117,6 @@ def build_mixer(model, mode, seed):
 
 
 def build_loader(cfg, batch_size):
-    from mmengine.runner import Runner
-
-    from mmtlalign.cli.launch import UserInputError
     loader = cfg.get('val_dataloader') or cfg.get('test_dataloader')
     if not loader:
         raise UserInputError('the config has no val_dataloader or test_dataloader to take '
@@ -141,7 +147,6 @@ def denormalise(model, inputs):
 
 def trace_batch(model, mixer, data):
     """Trace one mixed batch; returns a dict of numpy arrays."""
-    import torch
     data = model.data_preprocessor(data, training=False)
     inputs, samples = data['inputs'], data['data_samples']
     labels = torch.cat([s.gt_label for s in samples]).to(inputs.device)
@@ -214,7 +219,7 @@ def summarise(area, blocks, final, pred, mixed=None):
 # plots
 # ------------------------------------------------------------------------------------------
 def plot_layer_drift(path, area, blocks, ends, title):
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     L = blocks.shape[0]
     depth = np.arange(L + 1)
     signed = np.concatenate([np.zeros((1, area.size)), blocks - area[None]])  # depth 0: area
@@ -250,7 +255,7 @@ def plot_layer_drift(path, area, blocks, ends, title):
 
 
 def plot_scatter(path, area, final, pred, summary, title):
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     valid = ~np.isnan(pred)
     fig, axes = plt.subplots(1, 2 if valid.any() else 1, figsize=(10 if valid.any() else 5, 4.6),
                              squeeze=False)
@@ -296,7 +301,7 @@ def _upsample(share_map, size):
 
 
 def plot_share_maps(path, batch, num_maps, title, block_shares):
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     images = batch['images'][:num_maps]
     K, H, W, C = images.shape
     maps = [m[:num_maps] for m in batch['maps']]
@@ -337,14 +342,7 @@ def plot_share_maps(path, batch, num_maps, title, block_shares):
 
 # ------------------------------------------------------------------------------------------
 def run(args):
-    import matplotlib
-    matplotlib.use('Agg')
-    import torch
-    from mmengine.registry import init_default_scope
-    from mmengine.utils import ProgressBar
-
-    import mmtlalign  # noqa: F401  (registers components)
-    from mmtlalign.cli.launch import UserInputError
+    _pyplot()  # the Agg backend before anything draws
     if args.num_batches < 1 or args.batch_size < 2:
         raise UserInputError('--num-batches must be >= 1 and --batch-size >= 2 (CutMix pairs '
                              'images within a batch).')
@@ -423,7 +421,6 @@ def print_summary(s):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmtlalign.cli.launch import UserInputError
     try:
         return run(args)
     except UserInputError as e:

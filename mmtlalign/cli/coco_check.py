@@ -13,6 +13,7 @@ import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
+from mmengine.registry import DATASETS
 
 from mmtlalign.errors import UserInputError
 
@@ -93,7 +94,6 @@ def default_classes(cfg: Config, ds: dict) -> Tuple[Optional[Sequence[str]], str
     kind = ds.get('type')
     cls = kind if isinstance(kind, type) else None
     if isinstance(kind, str):
-        from mmengine.registry import DATASETS
         scope = ds.get('_scope_') or cfg.get('default_scope')
         try:
             with DATASETS.switch_scope_and_registry(scope) as registry:

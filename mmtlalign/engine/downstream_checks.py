@@ -14,6 +14,9 @@
 A missing dataset folder is caught earlier, by ``tools/train.py`` / ``tools/test.py``
 (:func:`mmtlalign.cli.launch.check_data_roots`).
 """
+import os.path as osp
+import sys
+
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
@@ -45,8 +48,6 @@ def mmcv_build_record(prefix=None):
     """``{'MMCV_CACHE_KEY': ..., 'MMCV_WHEEL_DIR': ...}`` that tools/setup_env.sh recorded in
     the environment ``prefix`` (default: this one), or {} when it recorded none. The key is
     computed in one place only, the script; this just reads what it used."""
-    import os.path as osp
-    import sys
     path = osp.join(prefix or sys.prefix, MMCV_RECORD)
     try:
         with open(path) as f:
@@ -58,8 +59,6 @@ def mmcv_build_record(prefix=None):
 
 def rebuild_hint(prefix=None):
     """The command that rebuilds mmcv with CUDA ops in this environment."""
-    import os.path as osp
-    import sys
     prefix = prefix or sys.prefix
     wheel_dir = mmcv_build_record(prefix).get('MMCV_WHEEL_DIR')
     stamp = osp.join(prefix, '.mmtlalign-setup')

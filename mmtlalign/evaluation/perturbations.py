@@ -13,9 +13,12 @@ batch size, the order of the batches or the process that evaluates it.
 
 Images are ``(B, C, H, W)`` uint8 tensors, C = 1 (grey) or 3 (BGR, as mmcv loads them).
 """
+import hashlib
 import inspect
 import io
+import os.path as osp
 import zlib
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
@@ -94,7 +97,7 @@ def patch_shuffle(images, grid, sample_idx, seed=0):
 
 def _library():
     """The ``imagecorruptions`` module, or a one-line error naming the package to install."""
-    try:
+    try:  # an optional package, imported by the corruption stages alone
         import imagecorruptions
     except ImportError as e:
         raise UserInputError(
@@ -107,13 +110,12 @@ def _library():
 def _seed_kw(name):
     """Whether the library's corruption ``name`` takes its own ``seed`` (the fork's
     impulse_noise and glass_blur draw from their own generators, not numpy's global one)."""
-    from imagecorruptions import corruptions
-    return 'seed' in inspect.signature(getattr(corruptions, name)).parameters
+    return 'seed' in inspect.signature(getattr(_library().corruptions, name)).parameters
 
 
 def _resize(image, size, area=False):
     """``image`` (H, W, 3) resized to ``size`` = (width, height) with OpenCV."""
-    import cv2
+    import cv2  # here, not at the top: only the corruption stages resize with OpenCV
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
 
 
@@ -170,9 +172,6 @@ def corrupt_cached(images, name, severity, sample_idx, seed=0, cache_dir=None):
     it is :func:`corrupt`."""
     if not cache_dir:
         return corrupt(images, name, severity, sample_idx, seed)
-    import hashlib
-    import os.path as osp
-    from importlib.metadata import PackageNotFoundError, version
     try:
         lib_version = version('imagecorruptions-imaug')
     except PackageNotFoundError:

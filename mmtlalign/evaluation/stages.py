@@ -40,6 +40,7 @@ import time
 import numpy as np
 import torch
 
+from ..datasets.imagenet_robustness import check_root
 from ..errors import UserInputError
 from . import perturbations as P
 from .base import Stage
@@ -197,7 +198,6 @@ class RobustnessSet(Stage):
         return dict(type=self.DATASET, data_root=self.params['data_root'])
 
     def check(self, cfg=None):
-        from ..datasets.imagenet_robustness import check_root
         check_root(self.LABEL, self.params['data_root'],
                    f' (stage {self.name!r}: its data_root in the suite; the ImageNet suites '
                    'read IMAGENET_{V2,A,R,SKETCH,C}_ROOT)')
