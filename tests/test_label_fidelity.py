@@ -360,3 +360,85 @@ def test_imagenet_boxes_give_the_mask_of_the_image_the_model_sees(tmp_path):
     os.remove(osp.join(root, 'ILSVRC2012_bbox_val_v3', 'val', 'ILSVRC2012_val_00000000.xml'))
     with pytest.raises(UserInputError, match='no box file'):
         DATASETS.build(dict(type='ImageNetBoxes', data_root=root))
+
+
+# -------------------------------------------------------------------- in a benchmark suite
+def canvas_suite(tmp_path, root, arms, seeds=(0,), **stage):
+    demo = DEMO
+    entries = ', '.join(f"dict(name={name!r}, label={name!r}, config={osp.join(demo, cfg)!r}"
+                        + (f", baseline={arms[0][0]!r})" if i else ')')
+                        for i, (name, cfg) in enumerate(arms))
+    options = canvas_options(root, **{'train_cfg.max_epochs': 1,
+                                      'train_dataloader.batch_size': 8,
+                                      'param_scheduler.0.end': 0.5,
+                                      'param_scheduler.1.begin': 0.5})
+    path = tmp_path / 'suite.py'
+    path.write_text(f'seeds = {list(seeds)!r}\narms = [{entries}]\ncfg_options = {options!r}\n'
+                    f'evaluation = [dict(kind="label_fidelity", **{stage!r})]\n')
+    return str(path)
+
+
+def test_suite_skips_label_fidelity_once_where_an_arm_has_no_fg_mask(fmnist, tmp_path):
+    from mmtlalign.benchmark import load_suite
+    from mmtlalign.benchmark.evaluations import check_data
+    root, _ = fmnist
+    suite = load_suite(canvas_suite(tmp_path, root, [('canvas', 'fmnist_canvas_vit_cutmix.py'),
+                                                     ('plain', 'fmnist_vit_cutmix.py')]))
+    assert 'share MAE TL-Align vs area' in [m.name for m in suite.metrics]
+    lines = []
+    skipped = check_data(suite, lines.append)
+    assert list(skipped) == ['label_fidelity'] and 'fg_mask' in skipped['label_fidelity']
+    assert len(lines) == 1 and not any(m.stage == 'label_fidelity' for m in suite.metrics)
+    suite = load_suite(canvas_suite(tmp_path, root, [('canvas', 'fmnist_canvas_vit_cutmix.py'),
+                                                     ('oracle', 'fmnist_canvas_vit_oracle.py')]))
+    assert check_data(suite, lines.append) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_label_fidelity_in_a_benchmark_suite(fmnist, tmp_path):
+    """tools/benchmark.py on a tiny canvas suite (2 arms x 2 seeds): the stage's metrics per
+    seed, the paired differences between arms and within each model, the scatter."""
+    import json
+    import statistics
+
+    from PIL import Image
+
+    from helpers import PY, ok, run_tool
+    root, _ = fmnist
+    suite = canvas_suite(tmp_path, root, [('cutmix', 'fmnist_canvas_vit_cutmix.py'),
+                                          ('tlalign', 'fmnist_canvas_vit_tlalign.py')],
+                         seeds=(0, 1), group_size=10)
+    work = str(tmp_path / 'work')
+    ok(run_tool([PY, osp.join(ROOT, 'tools', 'benchmark.py'), suite, '--work-dir', work,
+                 '--jobs', '2']))
+    res = json.load(open(osp.join(work, 'results.json')))
+    per_seed = {}
+    for arm in ('cutmix', 'tlalign'):
+        for seed in (0, 1):
+            path = osp.join(work, arm, f'seed{seed}', 'evaluation', 'label_fidelity.json')
+            per_seed[arm, seed] = json.load(open(path))['metrics']
+        for name in ('share MAE area', 'share r TL-Align', 'share MAE TL-Align vs area'):
+            assert res['arms'][arm]['metrics'][name]['per_seed'] == {
+                str(s): per_seed[arm, s][name] for s in (0, 1)}
+    # within each model: TL-Align's MAE minus area's, paired over the seeds, with its interval
+    within = {(r['arm'], r['rule']): r for r in res['evaluation']['within_model']}
+    for arm in ('cutmix', 'tlalign'):
+        r = within[arm, 'TL-Align']
+        diffs = [per_seed[arm, s]['share MAE TL-Align'] - per_seed[arm, s]['share MAE area']
+                 for s in (0, 1)]
+        assert r['diffs'] == pytest.approx(diffs) and r['baseline'] == 'area'
+        half = 12.7062 * statistics.stdev(diffs) / 2 ** 0.5
+        assert r['ci'] == pytest.approx([statistics.mean(diffs) - half,
+                                         statistics.mean(diffs) + half], rel=1e-3)
+    md = open(osp.join(work, 'results.md')).read()
+    assert '- TL-Align - area share MAE, same model (pp, paired over seeds): cutmix ' in md
+    assert '## share MAE TL-Align vs area (label_fidelity)' in md
+    from mmtlalign.benchmark.report import compact_lines
+    assert any(line.startswith('share MAE area (lower is better)')
+               for line in compact_lines(res)), compact_lines(res)
+    mean = res['evaluation']['curves']['tlalign']['label_fidelity']['mean']
+    assert mean['rules'] == ['area', 'TransMix', 'TL-Align']
+    assert len(mean['content']) == len(mean['shares']['TL-Align']) > 0
+    with Image.open(osp.join(work, 'results.png')) as im:
+        assert im.size[1] > 800

@@ -23,6 +23,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mmengine.config import Config
+
 from .. import workdir
 from ..cli.cfg_options import option_args
 from ..datasets.imagenet_robustness import RobustnessSetMissing
@@ -40,13 +42,26 @@ PROCESS_SCHEMA = {'wall_s': workdir.optional(workdir.is_number),
                   'stages': workdir.list_of(workdir.is_line), 'rc': workdir.is_int}
 
 
+def arm_configs(suite, stage):
+    """The loaded configs of the arms ``stage`` applies to (with the suite's and the arm's
+    cfg-options), for stages whose data comes from the test pipeline (``NEEDS_CONFIG``)."""
+    for arm in suite.arms:
+        if stage.arms is None or arm.name in stage.arms:
+            cfg = Config.fromfile(arm.config)
+            cfg.merge_from_dict({**suite.cfg_options, **arm.cfg_options})
+            yield cfg
+
+
 def check_data(suite, echo=print):
     """Stages whose data is missing: reported once each, then dropped from the suite (and its
     metrics) so that nothing is scored for them. Returns ``{stage: reason}``."""
     skipped = {}
     for stage in list(getattr(suite, 'evaluation', [])):
+        obj = build_stage(stage.spec)
         try:
-            build_stage(stage.spec).check()
+            obj.check()
+            for cfg in arm_configs(suite, stage) if obj.NEEDS_CONFIG else ():
+                obj.check(cfg)  # e.g. label_fidelity: the test images carry fg_mask
         except RobustnessSetMissing as e:
             skipped[stage.name] = str(e)
             echo(f'evaluation {stage.name}: skipped for every cell, not scored -- {e}')

@@ -22,6 +22,13 @@ from .stats import mean_std, paired_difference
 
 #: metrics where lower is better (the compact lines say so)
 LOWER_IS_BETTER = ('corruption error', 'ECE', 'NLL', 'ImageNet-C mCE', 'ImageNet-C mCE (unnorm.)')
+#: metric-name prefixes where lower is better (label_fidelity: ``share MAE <rule>[ vs <rule>]``)
+LOWER_IS_BETTER_PREFIXES = ('share MAE ',)
+
+
+def lower_is_better(name):
+    """Whether a smaller value of the metric ``name`` is better."""
+    return name in LOWER_IS_BETTER or name.startswith(LOWER_IS_BETTER_PREFIXES)
 
 
 def aggregate(suite, cells, work_root):
@@ -169,6 +176,13 @@ def write_markdown(results, path):
         if extra:
             lines += [''] + [f'- {c["label"]}: {_ci(c)} ({c["n"]} paired seeds)' for c in extra]
         lines += ['', verdict(results, metric['name']), '']
+    within = within_model_lines(results)
+    if within:  # label_fidelity: rule vs rule on the same checkpoints
+        lines += ['## Label rules compared within each model (label_fidelity)', '',
+                  'Per arm: mean over its seeds of the difference of two rules\' share MAE '
+                  'on the same checkpoint, [95% t interval]; negative: closer to the content '
+                  'share than the baseline rule.', '']
+        lines += [f'- {head}: {text}' for head, text in within] + ['']
     for name, reason in ((results.get('evaluation') or {}).get('skipped') or {}).items():
         lines.append(f'- evaluation stage `{name}`: skipped, not scored ({reason})')
     workdir.write_text(path, '\n'.join(lines))
@@ -227,7 +241,62 @@ def summarise(suite, cells, skipped=None):
                     cpus.append(proc.get('cpu_s'))
         out['wall_s'][arm.name] = [w for w in walls if w is not None]
         out.setdefault('cpu_s', {})[arm.name] = [w for w in cpus if w is not None]
+    within = within_model(suite, cells)
+    if within:
+        out['within_model'] = within
     return out
+
+
+def within_model(suite, cells):
+    """label_fidelity stages: per stage, arm and rule, the paired difference over seeds of
+    the rule's share MAE minus the baseline rule's (area) *on the same model*: every rule is
+    scored on each checkpoint, so the seed noise of training cancels.
+
+    Returns:
+        list[dict]: ``stage``, ``arm``, ``rule``, ``baseline``, ``metric`` and the fields of
+        :func:`~.stats.paired_difference` (MAE in percentage points of the partner share).
+    """
+    out = []
+    for stage in getattr(suite, 'evaluation', []):
+        if stage.kind != 'label_fidelity':
+            continue
+        names = [m.name for m in stage.metrics]
+        base = next((n[len('share MAE '):].split(' vs ')[1] for n in names if ' vs ' in n),
+                    None)
+        for arm in suite.arms:
+            per_seed = {c.seed: c.result.get('metrics', {}) for c in cells
+                        if c.arm == arm.name and c.stage == stage.name and c.state == 'done'}
+            for name in names:
+                if ' vs ' not in name:
+                    continue
+                rule = name[len('share MAE '):].split(' vs ')[0]
+                a = {s: m[f'share MAE {rule}'] for s, m in per_seed.items()
+                     if m.get(f'share MAE {rule}') is not None}
+                b = {s: m[f'share MAE {base}'] for s, m in per_seed.items()
+                     if m.get(f'share MAE {base}') is not None}
+                if a and b:
+                    out.append(dict(stage=stage.name, arm=arm.name, rule=rule, baseline=base,
+                                    metric=name, **paired_difference(a, b)))
+    return out
+
+
+def within_model_lines(results):
+    """``(head, text)`` lines of :func:`within_model`: per rule, each arm's mean paired
+    difference over its seeds with the 95% interval."""
+    rows = (results.get('evaluation') or {}).get('within_model') or []
+    lines = []
+    for metric in dict.fromkeys(r['metric'] for r in rows):
+        parts = []
+        for r in rows:
+            if r['metric'] != metric or r['mean'] is None:
+                continue
+            ci = f' [{r["ci"][0]:+.2f}, {r["ci"][1]:+.2f}]' if r['ci'] else ''
+            beyond = ', beyond the noise' if r['excludes_zero'] else ''
+            parts.append(f'{results["arms"][r["arm"]]["label"]} {r["mean"]:+.2f}{ci}{beyond}')
+        rule, base = metric[len('share MAE '):].split(' vs ')
+        lines.append((f'{rule} - {base} share MAE, same model (pp, paired over seeds)',
+                       ' | '.join(parts)))
+    return lines
 
 
 def _family_mean(kind, curves):
@@ -243,6 +312,11 @@ def _family_mean(kind, curves):
     if kind == 'patch_shuffle':
         mean, std = _mean_curve([c['top1'] for c in seeds])
         return dict(x=seeds[0]['grid'], y=mean, std=std)
+    if kind == 'label_fidelity':  # the scatter's points, seeds pooled
+        rules = list(seeds[0].get('rules') or {})
+        points = [c.get('points') or {} for c in seeds]
+        return dict(rules=rules, content=[v for p in points for v in p.get('content', [])],
+                    shares={r: [v for p in points for v in p.get(r, [])] for r in rules})
     if kind == 'calibration':  # pool the seeds' bins, weighted by count
         bins = [c['bins'] for c in seeds]
         n = np.sum([b['count'] for b in bins], 0)
@@ -281,8 +355,9 @@ def compact_lines(results):
                 beyond = ', beyond the noise' if comp['excludes_zero'] else ''
                 text += f' (Δ {comp["mean"]:+.2f}{ci}{beyond})'
             parts.append(text)
-        better = 'lower is better' if metric['name'] in LOWER_IS_BETTER else 'higher is better'
+        better = 'lower is better' if lower_is_better(metric['name']) else 'higher is better'
         lines.append((f'{metric["name"]} ({better})', ' | '.join(parts)))
+    lines += within_model_lines(results)
     width = max((len(a) for a, _ in lines), default=0)
     out = [f'{a.ljust(width)}  {b}' for a, b in lines]
     for name, reason in ev.get('skipped', {}).items():
@@ -305,6 +380,13 @@ EXPLAIN = {
 }
 
 
+EXPLAIN_LABEL_FIDELITY = (
+    'on CutMix pairs of test images whose foreground is known, the partner share each label '
+    'rule gives on the same model against the content share (the partner\'s fraction of the '
+    'visible foreground): mean absolute error in percentage points (lower: the rule labels '
+    'what the image shows) and correlation')
+
+
 def evaluation_report(results):
     """The main job's lines after its table: one per evaluation metric, what each shows,
     and the added time per cell."""
@@ -316,6 +398,8 @@ def evaluation_report(results):
     shown = [m['name'] for m in results['metrics'] if m['name'] in EXPLAIN and
              m['stage'] in (results.get('evaluation') or {}).get('stages', {})]
     out += [f'  {name}: {EXPLAIN[name]}.' for name in shown]
+    if any(s['kind'] == 'label_fidelity' for s in results['evaluation']['stages'].values()):
+        out.append(f'  share MAE / share r <rule>: {EXPLAIN_LABEL_FIDELITY}.')
     walls = [w for ws in (results['evaluation'].get('wall_s') or {}).values() for w in ws]
     cpus = [w for ws in (results['evaluation'].get('cpu_s') or {}).values() for w in ws]
     if walls:

@@ -7,6 +7,8 @@ class Stage:
     implement :meth:`metric_names` and :meth:`run`."""
     KIND = ''
     PARAMS = {}
+    #: :meth:`check` needs the evaluated model's config (a benchmark checks each arm's)
+    NEEDS_CONFIG = False
 
     def __init__(self, name=None, **params):
         unknown = set(params) - set(self.PARAMS) - {'seed'}

@@ -97,6 +97,7 @@ def pearson(x, y):
 
 class LabelFidelity(Stage):
     KIND = 'label_fidelity'
+    NEEDS_CONFIG = True
     PARAMS = dict(rules=DEFAULT_RULES, baseline='AreaLabel', num_images=None,
                   cutmix_alpha=1.0, box_grid=None, group_size=64, num_points=500)
 
