@@ -6,6 +6,7 @@ tools/train.py (real mmengine Runner). Their outputs are checked against each ce
 ``vis_data/scalars.json``, read here independently of the package.
 """
 import glob
+import itertools
 import json
 import math
 import os
@@ -19,9 +20,13 @@ import time
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.legend import Legend
+from matplotlib.text import Text
 from PIL import Image
 
-from mmtlalign.benchmark import load_suite, paired_difference, stats
+from mmtlalign.benchmark import load_suite, paired_difference, plots, report, stats
+from mmtlalign.benchmark.cells import Cell, plan_cells
 from mmtlalign.errors import UserInputError
 
 import datagen
@@ -205,6 +210,150 @@ def test_dry_run_torchrun_and_slurm_commands(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match='--launcher slurm needs --partition'):
         dry_run(capsys, 'imagenet_swin-t', '--launcher', 'slurm')
+
+
+# ------------------------------------------------------------------------------------------
+# results.png as a person reads it
+# ------------------------------------------------------------------------------------------
+#: the metric families of the shipped fmnist suite: a unit and a meaning each
+FAMILIES = {'top-1': 'accuracy', 'occlusion AUC': 'accuracy', 'shuffle 2x2 top-1': 'accuracy',
+            'shuffle 4x4 top-1': 'accuracy', 'corruption error': 'error', 'ECE': 'ECE',
+            'NLL': 'NLL'}
+PERCENT = {m for m, f in FAMILIES.items() if f != 'NLL'}
+MAIN_JOB_COLORS = {'cutmix': 'tab:blue', 'tlalign': 'tab:red', 'transmix': 'tab:green'}
+
+
+def fmnist_results(tmp_path, seeds):
+    """``results`` of the shipped fmnist suite (11 arms, 4 evaluation stages) through the real
+    cells, ``aggregate`` and ``summarise``; each cell's numbers and curves are drawn at a real
+    run's magnitudes, with spreads wide enough that two seeds' intervals pass 0 and 100, and
+    reliability bins that hold one or two images."""
+    suite = load_suite('fmnist', seeds=seeds)
+    rng = np.random.default_rng(0)
+    train = plan_cells(suite, str(tmp_path))
+    for c in train:
+        c.state, c.result = 'done', dict(metrics={'top-1': float(rng.uniform(40, 95))})
+    evals = []
+    edges = np.linspace(0, 1, 16).tolist()
+    for c in train:
+        for stage in suite.evaluation:
+            top1 = rng.uniform(20, 90, 10).tolist()
+            curves = dict(
+                occlusion=dict(fraction=[i / 10 for i in range(10)],
+                               top1=sorted(top1, reverse=True)),
+                patch_shuffle=dict(grid=[2, 4], top1=top1[:2]),
+                corruption=dict(severity=[1, 2, 3, 4, 5], error=sorted(rng.uniform(20, 80, 5))),
+                calibration=dict(bins=dict(
+                    edges=edges, count=[0, 1, 2] + [300] * 11 + [1],
+                    confidence=[None] + [(a + b) / 2 for a, b in zip(edges[1:-1], edges[2:])],
+                    accuracy=[None, 0.0, 1.0] + np.clip(
+                        np.linspace(0.25, 0.95, 11) + rng.normal(0, 0.03, 11), 0, 1).tolist() +
+                    [0.0])))[stage.kind]
+            metrics = {m.name: float(rng.normal(0.95, 0.03) if m.name == 'NLL' else
+                                     rng.uniform(5, 95)) for m in stage.metrics}
+            evals.append(Cell(arm=c.arm, seed=c.seed, stage=stage.name, config=c.config,
+                              work_dir=c.work_dir + '-eval', options={}, metrics=stage.metrics,
+                              parent=c, state='done', result=dict(metrics=metrics, curves=curves)))
+    results = report.aggregate(suite, train + evals, str(tmp_path))
+    results['evaluation'] = report.summarise(suite, train + evals)
+    return suite, results
+
+
+def drawn_texts(fig):
+    """Every text the figure draws: titles, labels, legend entries and the tick labels of the
+    ticks inside the view (matplotlib keeps spare ticks around, undrawn)."""
+    fig.canvas.draw()
+    ticks, out = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for pool, locator in ((axis.majorTicks, axis.get_major_locator()),
+                                  (axis.minorTicks, axis.get_minor_locator())):
+                used = len(locator())
+                for k, tick in enumerate(pool):
+                    for label in (tick.label1, tick.label2):
+                        ticks.add(label)
+                        if (k < used and label.get_visible() and label.get_text().strip()
+                                and lo - 1e-9 <= tick.get_loc() <= hi + 1e-9):
+                            out.append(label)
+    return out + [t for t in fig.findobj(Text) if t not in ticks and t.get_visible()
+                  and t.get_text().strip()]
+
+
+def test_results_png_reads_without_overlaps_one_family_per_axis_and_clipped_intervals(
+        tmp_path):
+    suite, results = fmnist_results(tmp_path, seeds=[0, 1])
+    path = str(tmp_path / 'results.png')
+    plots.plot(results, path)
+    with Image.open(path) as im:  # 16 in wide at 110 dpi, as written
+        assert im.size[0] == 1760
+    fig = plots.figure(results)
+    texts = drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    # (a hair inside each box: neighbouring tick labels may touch, not overlap)
+    boxes = [(t, t.get_window_extent(renderer).shrunk(0.98, 0.9)) for t in texts]
+    assert len(boxes) > 100
+    overlaps = [(a.get_text(), b.get_text()) for (a, ba), (b, bb)
+                in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+    for legend in fig.findobj(Legend):
+        own = set(legend.get_texts()) | {legend.get_title()}
+        frame = legend.get_window_extent(renderer)
+        overlaps += [('legend', t.get_text()) for t, b in boxes
+                     if t not in own and frame.overlaps(b)]
+    assert not overlaps, overlaps
+    assert all(fig.bbox.contains(b.x0, b.y0) and fig.bbox.contains(b.x1, b.y1)
+               for _, b in boxes), 'a text is cut off at the edge'
+
+    # the paired differences: one axis per family, every metric on one axis
+    drawn = {}
+    for ax in fig.axes:
+        metrics = {line.get_gid() for line in ax.get_lines() if line.get_gid() in FAMILIES}
+        if metrics:
+            assert len({FAMILIES[m] for m in metrics}) == 1, metrics
+            for m in metrics:
+                drawn.setdefault(m, []).append(ax)
+    assert set(drawn) == set(FAMILIES) and all(len(v) == 1 for v in drawn.values())
+    spans = {FAMILIES[m]: np.ptp(drawn[m][0].get_xlim()) for m in drawn}
+    assert spans['NLL'] < spans['accuracy'] / 10  # NLL is not squashed onto the top-1 scale
+
+    # every interval ends inside the metric's range (two seeds: t = 12.7 reaches far past it)
+    seeds_ax = next(ax for ax in fig.axes if ax.get_ylabel().startswith('top-1'))
+    ys = np.concatenate([line.get_ydata() for line in seeds_ax.get_lines()])
+    assert ys.min() >= 0 and ys.max() <= 100
+    assert ys.max() == 100 or ys.min() == 0  # some interval really was clipped
+    for m, (ax, ) in drawn.items():
+        if m in PERCENT:
+            xs = np.concatenate([line.get_xdata() for line in ax.get_lines()
+                                 if len(line.get_xdata()) and
+                                 line.get_transform() == ax.transData])
+            assert xs.min() >= -100 and xs.max() <= 100, m
+
+    # one colour per arm, the same in every panel, and none that means anything else
+    colors = plots.arm_colors([a.name for a in suite.arms])
+    assert len({to_hex(c) for c in colors.values()}) == len(colors) == 11
+    for name, color in MAIN_JOB_COLORS.items():  # as in the main job's curves.png
+        assert to_hex(colors[name]) == to_hex(color)
+    for name, color in colors.items():
+        means = [line for line in seeds_ax.get_lines() if line.get_gid() == f'arm:{name}']
+        assert means and all(to_hex(line.get_color()) == to_hex(color) for line in means)
+    rows = list(dict.fromkeys(c['label'] for c in results['comparisons']))
+    arm_of = {c['label']: c['arm'] for c in results['comparisons']}
+    for m, (ax, ) in drawn.items():  # a difference in its arm's colour, whatever its CI
+        for line in ax.get_lines():
+            if line.get_gid() == m:
+                row = rows[round(float(line.get_ydata()[0]))]
+                assert to_hex(line.get_color()) == to_hex(colors[arm_of[row]]), (m, row)
+    used = {to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+    allowed = {to_hex(c) for c in colors.values()} | {to_hex('k'), to_hex(plots.SEED_GREY)}
+    assert used <= allowed, used - allowed
+
+    # reliability: the bins of one or two images are not drawn
+    rel = next(ax for ax in fig.axes if 'reliability' in ax.get_title())
+    points = {(round(x, 6), round(y, 6)) for line in rel.get_lines()[1:]
+              for x, y in zip(line.get_xdata(), line.get_ydata())}
+    for conf, acc in ((0.1, 0.0), (0.1666667, 1.0), (0.9666667, 0.0)):
+        assert not any(abs(x - conf) < 1e-4 and abs(y - acc) < 1e-6 for x, y in points)
+    assert len(points) >= 11 * len(colors) - 1
 
 
 # ------------------------------------------------------------------------------------------

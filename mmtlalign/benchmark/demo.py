@@ -23,6 +23,7 @@ from ..errors import UserInputError
 from ..paths import config_path, project_root, tool_path
 from .launch import Launcher
 from .metrics import history
+from .plots import arm_colors
 from .report import evaluation_report, table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
 from .suite import load_suite
@@ -31,7 +32,6 @@ SUITE = config_path('benchmarks', 'fmnist.py')
 #: the arms of SUITE the main job runs unless --arms names others (tools/demo.py's default)
 MAIN_JOB_ARMS = ('cutmix', 'tlalign', 'transmix')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-COLORS = {'cutmix': 'tab:blue', 'tlalign': 'tab:red', 'transmix': 'tab:green'}
 
 
 def say(msg=''):
@@ -184,8 +184,9 @@ def plot_curves(suite, cells, analyses, path, title):
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    colors = arm_colors([a.name for a in suite.arms])  # the same as in results.png
     for arm in suite.arms:
-        color = COLORS.get(arm.name, None)
+        color = colors[arm.name]
         runs = [history(c.work_dir) for c in cells if c.arm == arm.name and c.state == 'done']
         if not runs:
             continue
