@@ -42,7 +42,8 @@ LAUNCHERS = {
 #: scripts whose options are the labels of their own `case` statement
 CASE_SCRIPTS = ('tools/setup_env.sh', 'tools/gpu_check.sh')
 #: other programs a page may show, with nothing of ours to check beyond the paths they name
-EXTERNAL = {'pip', 'source', 'tensorboard', '.venv/bin/pre-commit', '.venv/bin/ruff'}
+EXTERNAL = {'pip', 'source', 'tensorboard', '.venv/bin/pre-commit', '.venv/bin/ruff',
+            '.venv/bin/lint-imports'}
 
 
 def shell_commands(path):

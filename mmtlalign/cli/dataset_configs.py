@@ -1,5 +1,5 @@
 """The dataset configs of a loader and their annotation files, as the config checks of the
-tools (:mod:`.launch`, :mod:`.coco_check`) walk them."""
+tools (:mod:`mmtlalign.cli.launch`, :mod:`mmtlalign.cli.coco_check`) walk them."""
 import os.path as osp
 from typing import Iterator, Optional
 

@@ -9,7 +9,7 @@ whose file holds the same settings (stage spec, config, options, checkpoint size
 skipped; ``--force`` runs it again. A robustness set whose data is missing is reported once and
 recorded as ``missing`` (never scored).
 
-The result files' format: :mod:`.results`.
+The result files' format: :mod:`mmtlalign.evaluation.results`.
 """
 import argparse
 import json

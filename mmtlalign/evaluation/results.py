@@ -3,8 +3,8 @@
 It holds ``status`` (``done``, or ``missing`` when the stage's dataset is not there), the
 ``settings`` that make two evaluations the same (:func:`stage_settings`), and for a finished
 stage its metrics, curves, number of images and wall time. ``tools/analysis/evaluate.py``
-writes it (:mod:`.cli`); the benchmark reads it back to skip finished stages and to collect
-their numbers (:mod:`mmtlalign.benchmark.evaluations`).
+writes it (:mod:`mmtlalign.evaluation.cli`); the benchmark reads it back to skip finished
+stages and to collect their numbers (:mod:`mmtlalign.benchmark.evaluations`).
 
 Written and read through :mod:`mmtlalign.workdir` (never through a link; owned by this user;
 checked against :data:`RESULT_SCHEMA`, else a one-line error naming the file to delete).
