@@ -10,7 +10,10 @@ Every arm has one colour, the same as in the main job's ``curves.png`` (:func:`a
 whether an interval excludes 0 is told by filled vs hollow markers, never by a colour. Intervals
 are clipped to the metric's range (two seeds give t = 12.7 and a top-1 interval can reach past
 0 and 100), with an arrow head where a clipped interval goes on. Reliability bins holding
-fewer than :data:`MIN_BIN_IMAGES` images are not drawn: their accuracy is noise.
+fewer than :data:`MIN_BIN_IMAGES` images or :data:`MIN_BIN_SHARE` of them are not drawn: their
+accuracy is noise (a bin of one image is at 0 or 1). Texts never overlap: the figure uses
+matplotlib's constrained layout, wraps long arm and comparison labels, and keeps legends
+outside the data.
 """
 import math
 import textwrap
@@ -140,7 +143,7 @@ def seeds_panel(ax, results, metric, colors):
                              bounds, colors[n], label='mean ± 95% CI' if i == 0 else None,
                              gid=f'arm:{n}')
     ax.set_xticks(range(len(names)))
-    width = max(8, int(100 / max(1, len(names))))
+    width = max(8, int(180 / max(1, len(names))))  # characters per line of an arm label
     ax.set_xticklabels([_wrap(results['arms'][n]['label'], width) for n in names], fontsize=8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     stage = '' if metric['stage'] == 'train' else f' ({metric["stage"]})'
