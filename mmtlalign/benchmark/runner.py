@@ -20,6 +20,7 @@ from .cells import (
     write_marker,
 )
 from .evaluations import evaluate_cells
+from .launch import Launcher
 from .report import aggregate, summarise, write_all
 from .slurm import run_slurm
 from .suite import Suite
@@ -44,7 +45,7 @@ def _short(path):
     return path if rel.startswith('..') else rel
 
 
-def run_suite(suite: Suite, work_root: str, launcher: str, cfg_options: Optional[dict] = None,
+def run_suite(suite: Suite, work_root: str, launcher: Launcher, cfg_options: Optional[dict] = None,
               downstream_options: Optional[dict] = None, dry_run: bool = False, jobs: int = 1,
               echo: Callable[[str], None] = print, max_jobs: Optional[int] = None,
               wait: bool = False, poll: float = 30.0) -> SuiteRun:
