@@ -66,6 +66,12 @@ def family(metric):
         return 'ECE', '%', (0.0, 100.0)
     if metric == 'NLL':
         return 'NLL', 'nats', (0.0, None)
+    if metric.startswith('share MAE '):  # label_fidelity, in percentage points
+        if ' vs ' in metric:  # already a difference of two MAEs
+            return 'share MAE', 'pp', (-100.0, 100.0)
+        return 'share MAE', 'pp', (0.0, 100.0)
+    if metric.startswith('share r '):  # label_fidelity: Pearson r with the content share
+        return 'share r', '', (-1.0, 1.0)
     if 'mIoU' in metric or metric.endswith(' AP'):
         return metric, '%', (0.0, 100.0)
     return metric, '', (None, None)
