@@ -154,6 +154,31 @@ def test_budget_scales_the_images_each_cell_sees():
     assert args.epochs == 1
 
 
+def test_main_job_runs_the_canvas_suite_and_the_fast_one_on_request(capsys):
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import demo
+
+    from mmtlalign.benchmark import demo as main_job
+    args = demo.parse_args([])
+    assert (args.suite, args.arms) == ('canvas', ['cutmix', 'tlalign'])
+    assert list(main_job.MAIN_JOB_ARMS) == args.arms
+    assert main_job.SUITES[args.suite] == main_job.SUITE
+    assert osp.basename(main_job.SUITE) == 'fmnist_canvas.py'
+    args = demo.parse_args(['--suite', 'fmnist'])
+    assert args.arms == ['cutmix', 'tlalign', 'transmix']
+    assert demo.parse_args(['--data', 'x']).suite == 'fmnist'  # your folder: no canvas
+    # each suite's arms are the suite file's
+    from mmtlalign.benchmark.suite import load_suite
+    for name, path in main_job.SUITES.items():
+        assert [a.name for a in load_suite(path).arms] == demo.SUITE_ARMS[name]
+    for bad, msg in ((['--arms', 'oracle', '--suite', 'fmnist'], 'not in the fmnist suite'),
+                     (['--arms', 'mixpro'], 'not in the canvas suite'),
+                     (['--data', 'x', '--suite', 'canvas'], '--data runs the fmnist suite')):
+        with pytest.raises(SystemExit):
+            demo.parse_args(bad)
+        assert msg in capsys.readouterr().err
+
+
 def run(args, timeout=900):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
@@ -199,7 +224,11 @@ def test_demo_runs_the_embedded_suite_over_seeds(tmp_path):
     comp = results['comparisons'][0]
     assert verdict == results['verdict']
     assert ('beyond the seed noise' in verdict) == comp['excludes_zero']
-    assert '64 training / 32 test images' in results['demo']['dataset']
+    assert '64 training / 32 test images, 28x28, on a 56x56 canvas' in results['demo']['dataset']
+    # the main job is the canvas suite: every model's label rules judged against the content
+    assert results['suite'] == 'fmnist_canvas'
+    assert results['evaluation']['stages']['label_fidelity']['kind'] == 'label_fidelity'
+    assert 'share MAE TL-Align' in out and 'share MAE area' in out, out
     assert_png(osp.join(work, 'curves.png'), min_size=(1000, 300))
     assert_png(osp.join(work, 'results.png'))
     assert_png(osp.join(work, 'tlalign', 'seed0', 'token_fluctuation', 'share_maps.png'))

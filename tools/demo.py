@@ -1,11 +1,15 @@
-"""The main job: the embedded benchmark suite (configs/benchmarks/fmnist.py) on real data.
+"""The main job: an embedded benchmark suite on real data.
 
     bash tools/run_demo.sh [options]        # sets up .venv first, then runs this
     python tools/demo.py [options]
 
-Default: Fashion-MNIST (prepared on first use from Debian's ``dataset-fashion-mnist`` package,
-else mmpretrain's download), a small DeiT-style ViT from ``configs/tlalign/demo/``, every arm of
-the suite (CutMix, TL-Align, TransMix) with 3 seeds, each cell trained by ``tools/train.py``
+Default: the canvas suite (configs/benchmarks/fmnist_canvas.py): Fashion-MNIST (prepared on
+first use from Debian's ``dataset-fashion-mnist`` package, else mmpretrain's download) with each
+garment on a 56x56 black canvas, where the label rules differ; a small DeiT-style ViT from
+``configs/tlalign/demo/``; the arms CutMix and TL-Align with 3 seeds, and on every model the
+label-fidelity stage (each label rule's share against the content share of the garments' pixels)
+and calibration. ``--suite fmnist`` runs the fast suite instead (configs/benchmarks/fmnist.py:
+28x28 images, CutMix, TL-Align and TransMix). Each cell is trained by ``tools/train.py``
 through the benchmark runner (``mmtlalign.benchmark``; finished cells are kept and skipped, an
 interrupted one resumes when run again). Then each arm's first-seed model is traced by
 ``tools/analysis/token_fluctuation.py``. It prints the table and a verdict that names a
@@ -13,8 +17,8 @@ difference only when its paired 95% interval over seeds excludes 0, and writes t
 (default ``work_dirs/demo``): ``results.{json,md,png}``, ``curves.png`` and per cell the
 Runner's logs, checkpoint and (first seed) the token-fluctuation plots.
 
-``--budget N`` trains N× the default schedule (more epochs); ``--data PATH`` runs the same arms
-on your own ImageNet-layout folder, resized to ``--img-size``.
+``--budget N`` trains N× the default schedule (more epochs); ``--data PATH`` runs the fast
+suite's arms on your own ImageNet-layout folder, resized to ``--img-size``.
 """
 import argparse
 import os.path as osp
@@ -22,14 +26,20 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-#: the default schedule of a cell (see configs/tlalign/demo/fmnist_vit_cutmix.py)
+#: the default schedule of a cell in both suites (configs/tlalign/demo/fmnist_vit_cutmix.py)
 EPOCHS, SUBSET, VAL_SUBSET, BATCH = 4, 20000, 2000, 32
 TRAIN_IMAGES = 60000  # in Fashion-MNIST's training split
 PATCH = 7  # the demo ViT's patch size
-#: the arms of the suite (configs/benchmarks/fmnist.py), and those the main job runs by default
-ARMS = ['cutmix', 'tlalign', 'transmix', 'tlalign-dense', 'origin-dense', 'mixpro', 'maskmix',
-        'smmix', 'tokenmix', 'tlalign-maskmix', 'tlalign-tokenmix']
-DEFAULT_ARMS = ['cutmix', 'tlalign', 'transmix']
+#: the arms of each suite (--suite; configs/benchmarks/fmnist_canvas.py and fmnist.py), and
+#: those the main job runs by default: of the canvas suite (DEFAULT_ARMS) or the fast one
+SUITE_ARMS = {
+    'canvas': ['cutmix', 'tlalign', 'transmix', 'oracle'],
+    'fmnist': ['cutmix', 'tlalign', 'transmix', 'tlalign-dense', 'origin-dense', 'mixpro',
+               'maskmix', 'smmix', 'tokenmix', 'tlalign-maskmix', 'tlalign-tokenmix'],
+}
+ARMS = sorted(set(sum(SUITE_ARMS.values(), [])))
+DEFAULT_ARMS = ['cutmix', 'tlalign']
+FAST_ARMS = ['cutmix', 'tlalign', 'transmix']
 
 
 def budget_schedule(budget):
@@ -42,12 +52,18 @@ def budget_schedule(budget):
 def parse_args(argv=None):
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(
-        description='CutMix, TL-Align and TransMix on Fashion-MNIST over seeds: train, '
-        'compare with paired confidence intervals, plot.',
+        description='CutMix against TL-Align (and more) on Fashion-MNIST over seeds: train, '
+        'compare accuracy and label fidelity with paired confidence intervals, plot.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--arms', nargs='+', choices=ARMS, default=DEFAULT_ARMS,
-                   help='arms to run; tlalign-dense / origin-dense add dense token labels '
-                   '(traced / starting shares) to TL-Align')
+    p.add_argument('--suite', choices=list(SUITE_ARMS), default=None,
+                   help='canvas: garments on a 56x56 canvas, where the label rules differ, with '
+                   'the label-fidelity stage (about 15 min on 2 CPU cores); fmnist: the fast '
+                   '28x28 suite (about 7 min). Default: canvas, fmnist with --data')
+    p.add_argument('--arms', nargs='+', choices=ARMS, default=None,
+                   help=f'arms to run (default: {" ".join(DEFAULT_ARMS)} of the canvas suite, '
+                   f'{" ".join(FAST_ARMS)} of the fmnist one); canvas also has transmix and '
+                   'oracle (trained on the content share); fmnist: tlalign-dense / origin-dense '
+                   'add dense token labels (traced / starting shares) to TL-Align, and the peers')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
                    help='seeds of every arm (the arms of one seed share weights, data order '
                    'and CutMix boxes)')
@@ -86,6 +102,16 @@ def parse_args(argv=None):
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                    help='extra config overrides for every cell, key=value')
     args = p.parse_args(argv)
+    args.suite = args.suite or ('fmnist' if args.data else 'canvas')
+    if args.data and args.suite == 'canvas':
+        p.error('--data runs the fmnist suite (--suite fmnist): the canvas suite places '
+                "Fashion-MNIST's garments, whose background is black, on a larger canvas")
+    if args.arms is None:
+        args.arms = DEFAULT_ARMS if args.suite == 'canvas' else FAST_ARMS
+    unknown = [a for a in args.arms if a not in SUITE_ARMS[args.suite]]
+    if unknown:
+        p.error(f'--arms {" ".join(unknown)}: not in the {args.suite} suite (its arms: '
+                f'{" ".join(SUITE_ARMS[args.suite])}; --suite picks the other)')
     if args.budget <= 0:
         p.error('--budget must be > 0')
     subset, epochs = budget_schedule(args.budget)

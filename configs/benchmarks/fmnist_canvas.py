@@ -9,7 +9,7 @@
 #
 #   python tools/benchmark.py fmnist_canvas --work-dir work_dirs/canvas   # 4 arms, 3 seeds
 #   python tools/benchmark.py fmnist_canvas --arms cutmix tlalign --seeds 0 1 2 3 4
-#   python tools/demo.py --suite canvas                                   # as the main job
+#   python tools/demo.py                      # the main job: CutMix and TL-Align, 3 seeds
 seeds = [0, 1, 2]
 metrics = ['top-1']
 arms = [
@@ -26,8 +26,13 @@ arms = [
          config='configs/tlalign/demo/fmnist_canvas_vit_oracle.py', baseline='cutmix'),
 ]
 comparisons = [('tlalign', 'transmix'), ('oracle', 'tlalign')]
-# Evaluation stages on every arm x seed's final checkpoint (mmtlalign/evaluation/stages.py):
-# calibration (ECE with 15 bins, NLL) of the centred test images.
+# Evaluation stages on every arm x seed's final checkpoint (mmtlalign/evaluation/):
+# label fidelity (mmtlalign/evaluation/label_fidelity.py): on fixed, seeded CutMix pairs of the
+# centred test images, each label rule's partner share (area, TransMix, TL-Align traced through
+# that model) against the content share of the garments' visible pixels: MAE, correlation, and
+# each rule's MAE minus the area label's, paired within the model (far less noisy than top-1);
+# and calibration (ECE with 15 bins, NLL) of the test images.
 evaluation = [
+    dict(kind='label_fidelity'),
     dict(kind='calibration'),
 ]

@@ -1,6 +1,8 @@
-"""The main job (``tools/run_demo.sh`` -> ``tools/demo.py``): the embedded suite
-``configs/benchmarks/fmnist.py`` on real Fashion-MNIST, then token-fluctuation analysis,
-curves, the table and a verdict that only names a difference the seeds support.
+"""The main job (``tools/run_demo.sh`` -> ``tools/demo.py``): an embedded suite on real
+Fashion-MNIST, by default the canvas suite ``configs/benchmarks/fmnist_canvas.py`` (garments on
+a 56x56 canvas, where the label rules differ; its label_fidelity stage measures them), with
+``--suite fmnist`` the fast 28x28 suite ``configs/benchmarks/fmnist.py``; then token-fluctuation
+analysis, curves, the table and a verdict that only names a difference the seeds support.
 
 Everything runs through the benchmark runner (:func:`run_suite`: one ``tools/train.py`` process
 per arm × seed, finished cells skipped, interrupted ones resumed) and
@@ -28,9 +30,13 @@ from .report import evaluation_report, table_rows, text_table, write_json
 from .runner import fmt_time, run_suite
 from .suite import load_suite
 
-SUITE = config_path('benchmarks', 'fmnist.py')
+#: the main job's suites by tools/demo.py's --suite: the canvas suite (the default; CutMix
+#: against TL-Align, every label rule judged by label_fidelity on every model) and the fast one
+SUITES = dict(canvas=config_path('benchmarks', 'fmnist_canvas.py'),
+              fmnist=config_path('benchmarks', 'fmnist.py'))
+SUITE = SUITES['canvas']
 #: the arms of SUITE the main job runs unless --arms names others (tools/demo.py's default)
-MAIN_JOB_ARMS = ('cutmix', 'tlalign', 'transmix')
+MAIN_JOB_ARMS = ('cutmix', 'tlalign')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 
@@ -269,7 +275,8 @@ def run_demo(args):
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f'CPU ({os.cpu_count()} cores)'
     work_root = osp.abspath(args.work_dir)
-    suite = load_suite(SUITE, arms=args.arms, seeds=args.seeds)
+    suite_name = getattr(args, 'suite', None) or ('fmnist' if args.data else 'canvas')
+    suite = load_suite(SUITES[suite_name], arms=args.arms, seeds=args.seeds)
     options = {'train_cfg.max_epochs': args.epochs,
                'train_dataloader.batch_size': args.batch_size}
     if args.lr is not None:
@@ -292,7 +299,8 @@ def run_demo(args):
         options.update(fmnist_options(root, args.subset, args.val_subset))
         n_train = args.subset or 60000
         dataset = (f'Fashion-MNIST ({args.subset or "all 60000"} training / '
-                   f'{args.val_subset or "all 10000"} test images, 28x28)')
+                   f'{args.val_subset or "all 10000"} test images, 28x28' +
+                   (', on a 56x56 canvas)' if suite_name == 'canvas' else ')'))
     options.update(warmup_options(n_train, args.batch_size, args.epochs))
     options.update(args.cfg_options or {})
     say(f'data: {dataset}; {args.epochs} epoch(s) per cell, batch {args.batch_size}; arms '

@@ -18,7 +18,6 @@ dataloader worker), so a seeded run places every image the same way each time.
 """
 import numpy as np
 from mmcv.transforms import BaseTransform
-from mmcv.transforms.utils import cache_randomness
 from mmpretrain.registry import TRANSFORMS
 
 from ..errors import UserInputError
@@ -56,7 +55,6 @@ class RandomCanvas(BaseTransform):
         self.canvas_size = canvas_size
         self.random = random
 
-    @cache_randomness
     def _offset(self, free_h, free_w):
         """(top, left) in [0, free_h] x [0, free_w]; centred unless ``random``."""
         if not self.random:
