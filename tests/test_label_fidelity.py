@@ -442,3 +442,17 @@ def test_label_fidelity_in_a_benchmark_suite(fmnist, tmp_path):
     assert len(mean['content']) == len(mean['shares']['TL-Align']) > 0
     with Image.open(osp.join(work, 'results.png')) as im:
         assert im.size[1] > 800
+    # the scatter: one panel per rule, a point cloud per arm with its seeds' points
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from mmtlalign.benchmark.plots import arm_colors, evaluation_panels
+    panels = evaluation_panels(res, arm_colors(list(res['arms'])))
+    assert len(panels) == 3
+    fig, axes = plt.subplots(1, 3)
+    for ax, draw in zip(axes, panels):
+        draw(ax)
+        assert [len(c.get_offsets()) for c in ax.collections] == [len(mean['content'])] * 2
+    assert axes[2].get_title() == 'label_fidelity: TL-Align label vs content'
+    plt.close(fig)

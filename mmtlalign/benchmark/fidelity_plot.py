@@ -1,7 +1,8 @@
 """The ``label_fidelity`` panels of ``results.png``: one scatter per label rule of the share it
-gives against the content share of the same mixed image (:mod:`mmtlalign.evaluation.
-label_fidelity`), every arm in its colour, its seeds pooled. Points on the diagonal: the rule
-labels what the image shows; the area rule's cloud shows how far area and content part."""
+gives against the content share of the same mixed image
+(:mod:`mmtlalign.evaluation.label_fidelity`), every arm in its colour, its seeds pooled. Points
+on the diagonal: the rule labels what the image shows; the area rule's cloud shows how far area
+and content part."""
 
 #: the most points drawn per arm and panel (a seeded subsample of each seed's points is stored)
 MAX_POINTS = 1500

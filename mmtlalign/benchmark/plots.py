@@ -21,6 +21,7 @@ import textwrap
 import numpy as np
 
 from .. import workdir
+from .fidelity_plot import fidelity_panels
 from .stats import t_quantile
 
 #: the main job's arms keep their colours everywhere (curves.png, results.png)
@@ -315,6 +316,7 @@ def evaluation_panels(results, colors):
             (0.0, 100.0)))
     for stage in by_kind.get('calibration', []):
         panels.append(lambda ax, s=stage: reliability_panel(ax, ev, s, colors, labels))
+    panels += fidelity_panels(results, ev, by_kind.get('label_fidelity', []), colors, labels)
     return panels
 
 
