@@ -10,8 +10,9 @@ the model, cheap, and far less noisy than accuracy.
 
 Pairs and boxes are fixed: the images are taken in the test set's order in groups of
 ``group_size``; group ``g`` is shuffled and mixed by :class:`~mmtlalign.models.TLAlignMix`
-(CutMix alpha ``cutmix_alpha``, one box per image on the ``box_grid``, image ``i`` of the
-shuffled group with image ``n - 1 - i``), all drawn from a generator seeded by ``(seed, g)``, so
+(CutMix alpha ``cutmix_alpha``, one box per image on the ``box_grid``, by default the
+backbone's patch size as in the released TL-Align CutMix, image ``i`` of the shuffled group
+with image ``n - 1 - i``), all drawn from a generator seeded by ``(seed, g)``, so
 every arm and seed of a suite sees the same pairs and boxes. Pairs without a real mix (an empty
 box or one covering the whole image) or without visible foreground (the content share is
 undefined there) are left out and counted.
