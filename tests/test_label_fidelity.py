@@ -64,6 +64,13 @@ def test_content_share_counts_the_visible_foreground():
     assert got[4] == 0 and got[5] == pytest.approx(area[5])
     # where the rules can differ at all: the content share is not the area share
     assert np.abs(want[:4] - area[:4]).min() > 0.02, (want, area)
+    # the box hides the own object and shows none of the partner's: area share
+    fg2 = np.zeros((2, 8, 8), bool)
+    fg2[0, 2:4, 2:4] = fg2[1, 6:8, 6:8] = True
+    m2 = np.zeros((2, 8, 8))
+    m2[:, 0:5, 0:5] = 1
+    got2 = content_share(torch.as_tensor(fg2), torch.as_tensor(m2), torch.tensor([1, 0]))
+    np.testing.assert_allclose(got2.numpy(), [25 / 64, 0.5], atol=1e-7)
     with pytest.raises(UserInputError, match='same size'):
         content_share(torch.as_tensor(fg), torch.zeros(B, H, W + 1), torch.as_tensor(partner))
 
