@@ -64,7 +64,8 @@ def test_content_share_counts_the_visible_foreground():
     assert got[4] == 0 and got[5] == pytest.approx(area[5])
     # where the rules can differ at all: the content share is not the area share
     assert np.abs(want[:4] - area[:4]).min() > 0.02, (want, area)
-    # the box hides the own object and shows none of the partner's: area share
+    # image 0: the box hides its object and shows none of its partner's -> area share;
+    # image 1: one object of each visible, same size -> 0.5
     fg2 = np.zeros((2, 8, 8), bool)
     fg2[0, 2:4, 2:4] = fg2[1, 6:8, 6:8] = True
     m2 = np.zeros((2, 8, 8))
