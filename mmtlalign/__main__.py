@@ -51,7 +51,7 @@ def environment(verbose: bool = False) -> Dict[str, str]:
 
 
 def suites() -> List[Dict[str, object]]:
-    """The benchmark suites of ``configs/benchmarks/``: name, arms, seeds, downstream stages,
+    """The benchmark suites of ``configs/benchmarks/``: name, arms, seeds, downstream tasks,
     and for the main job's suite the arms it runs (``main_job``)."""
     found = []
     for path in sorted(glob.glob(osp.join(SUITE_DIR, '*.py'))):

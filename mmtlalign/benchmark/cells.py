@@ -1,4 +1,4 @@
-"""Cells of a suite (arm × seed, and each cell's downstream stages), their work dirs and state.
+"""Cells of a suite (arm × seed, and each cell's downstream tasks), their work dirs and state.
 
 A cell's work dir is ``WORK/<arm>/seed<seed>`` (downstream: ``WORK/<arm>/seed<seed>-<stage>``)
 and holds the run's own outputs (mmengine's timestamped log folders, checkpoints,
@@ -50,7 +50,7 @@ DONE_SCHEMA = {'metrics': wd.dict_of(wd.is_number), 'checkpoint': wd.is_line,
 class Cell:
     arm: str
     seed: int
-    stage: str  # 'train', or the downstream stage's name
+    stage: str  # 'train', a downstream task's name, or an evaluation stage's name
     config: str
     work_dir: str
     options: dict  # cfg-options of this cell, key -> value

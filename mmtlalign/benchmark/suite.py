@@ -53,7 +53,7 @@ class Metric:
     name: str
     key: str
     scale: float = 1.0
-    stage: str = 'train'  # 'train' (the arm's own run) or a downstream stage's name
+    stage: str = 'train'  # 'train' (the arm's run), a downstream task's or evaluation stage's name
     reference: dict = field(default_factory=dict)  # source -> value, the same for every arm
 
 
