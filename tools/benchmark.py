@@ -4,14 +4,17 @@ per-arm mean ± std and the paired differences with 95% confidence intervals.
     python tools/benchmark.py SUITE [--seeds 0 1 2] [--arms cutmix tlalign] [--work-dir DIR]
         [--cfg-options k=v ...] [--gpus N | --launcher slurm --partition P] [--dry-run]
     python tools/benchmark.py SUITE --launcher slurm --partition P --gpus N [--gpus-per-node G]
-        [--time HH:MM:SS] [--slurm-args "--account=A"] [--max-jobs K] [--wait]
+        [--cpus-per-task C] [--time HH:MM:SS] [--slurm-args "--account=A"] [--max-jobs K] [--wait]
 
 SUITE is a file or a name in configs/benchmarks/ (fmnist, imagenet_deit-s, imagenet_swin-t,
-downstream_swin-t). Each cell trains through tools/train.py (``--gpus N``: tools/dist_train.sh;
-``--launcher slurm``: every cell its own sbatch job running tools/slurm_train.sh, submitted at
-once; run the command again for their states, ``--wait`` to block) in ``WORK/<arm>/seed<seed>``;
-finished cells are skipped and interrupted ones resumed when run again. Writes
-WORK/results.{json,md,png}.
+downstream_swin-t). Each cell trains through tools/train.py (``--gpus N``: tools/dist_train.sh)
+in ``WORK/<arm>/seed<seed>``; finished cells are skipped and interrupted ones resumed when run
+again. Writes WORK/results.{json,md,png}.
+
+``--launcher slurm`` submits the whole suite at once and returns: every cell its own sbatch job
+running tools/slurm_train.sh, each cell's evaluation stages a job after it, and a report job
+after all of them that writes the results (``--report``). Run the same command again for every
+job's state (failed or vanished jobs are resubmitted), ``--wait`` to block until all have ended.
 """
 import argparse
 import os.path as osp
@@ -57,7 +60,12 @@ def parse_args(argv=None):
                    help='cells run side by side on this machine (CPU: one per core trains '
                    'small models fastest)')
     p.add_argument('--dry-run', action='store_true',
-                   help='print the command of every cell that would run, and run nothing')
+                   help='print the command of every cell that would run (slurm: the script of '
+                   'every job), and run nothing')
+    p.add_argument('--report', action='store_true',
+                   help='slurm: what the suite\'s report job runs once every other job has '
+                   'ended: collect what they left and write the results (naming what failed); '
+                   'submits nothing')
     return p.parse_args(argv)
 
 
@@ -66,6 +74,7 @@ def main(argv=None):
     from mmtlalign.benchmark.launch import stop_on_sigterm
     stop_on_sigterm()
     from mmtlalign.benchmark import Launcher, load_suite, run_suite, table_rows, text_table
+    from mmtlalign.benchmark.slurm import log_path
     from mmtlalign.errors import UserInputError
     try:
         suite = load_suite(args.suite, arms=args.arms, seeds=args.seeds)
@@ -79,7 +88,7 @@ def main(argv=None):
         results, failed, _ = run_suite(suite, work_dir, launcher, args.cfg_options,
                                        args.downstream_cfg_options, dry_run=args.dry_run,
                                        jobs=args.jobs, max_jobs=args.max_jobs, wait=args.wait,
-                                       poll=args.poll)
+                                       poll=args.poll, report=args.report)
     except UserInputError as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
@@ -96,8 +105,13 @@ def main(argv=None):
     print('\n' + results['verdict'])
     print('results: ' + ', '.join(osp.relpath(p) for p in results['files'].values()))
     if failed:
-        sys.exit(f'error: {len(failed)} cell(s) failed: ' + ', '.join(c.name for c in failed) +
-                 '; see their benchmark_output.log, then run the same command again.')
+        logs = '; '.join(f'{c.name}: {osp.relpath(log_path(c))}' for c in failed)
+        message = (f'{len(failed)} cell(s) failed, their errors in: {logs}; the results above '
+                   'leave them out')
+        if args.report:  # the report is written: the report job itself succeeded
+            print(f'note: {message}.')
+            return results
+        sys.exit(f'error: {message}; run the same command again to run them again.')
     return results
 
 

@@ -136,12 +136,14 @@ def command(train_cell, stages, python, spec):
     return argv
 
 
-def _prefix(launcher):
-    """One task on one GPU of the cluster for ``--launcher slurm``; nothing otherwise."""
-    if getattr(launcher, 'kind', 'local') == 'slurm':
-        return ['srun', '-p', launcher.partition, '--ntasks=1', '--gres=gpu:1',
-                '--kill-on-bad-exit=1']
-    return []
+def _collect(suite, train):
+    """``--launcher slurm``: each training cell's evaluation job ran its stages
+    (:mod:`.slurm`); the stages without a result file failed."""
+    evals = plan_evaluations(suite, train)
+    failed = [c for c in evals if c.state != 'done']
+    for cell in failed:
+        cell.state = 'failed'
+    return evals, failed
 
 
 def _spec(stages):
@@ -159,11 +161,12 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
     if not getattr(suite, 'evaluation', None):
         return [], []
     train = [c for c in cells if c.stage == 'train']
+    if getattr(launcher, 'kind', 'local') == 'slurm':  # (a dry run printed the jobs' scripts)
+        return ([], []) if dry_run else _collect(suite, train)
     if dry_run:
         spec = _spec(suite.evaluation)
         for c in train:
-            echo(launching.shell_line(
-                _prefix(launcher) + command(c, suite.evaluation, 'python', spec), {}))
+            echo(launching.shell_line(command(c, suite.evaluation, 'python', spec), {}))
         return [], []
     evals = plan_evaluations(suite, train)
     todo = {}
@@ -181,7 +184,7 @@ def run_evaluations(suite, cells, launcher, echo=print, jobs=1, env=None, dry_ru
         folder = eval_dir(parent)
         workdir.makedirs(folder, parent.root)
         workdir.makedirs(cache_dir(parent), parent.root)
-        argv = _prefix(launcher) + command(parent, stages, launcher.python, _spec(stages))
+        argv = command(parent, stages, launcher.python, _spec(stages))
         rc, wall, cpu = _run(argv, osp.join(folder, EVAL_LOG), env, parent.root)
         name = f'{parent.arm} seed {parent.seed}'
         shown = []

@@ -185,6 +185,7 @@ def write_markdown(results, path):
         lines += [f'- {head}: {text}' for head, text in within] + ['']
     for name, reason in ((results.get('evaluation') or {}).get('skipped') or {}).items():
         lines.append(f'- evaluation stage `{name}`: skipped, not scored ({reason})')
+    lines += [f'- {line}' for line in failure_lines(results)]
     workdir.write_text(path, '\n'.join(lines))
 
 
@@ -244,6 +245,10 @@ def summarise(suite, cells, skipped=None):
     within = within_model(suite, cells)
     if within:
         out['within_model'] = within
+    out['failed'] = {}  # stage -> the cells whose evaluation of it failed (not in the numbers)
+    for c in cells:
+        if c.state == 'failed' and c.stage in out['stages']:
+            out['failed'].setdefault(c.stage, []).append(f'{c.arm} seed {c.seed}')
     return out
 
 
@@ -362,6 +367,22 @@ def compact_lines(results):
     out = [f'{a.ljust(width)}  {b}' for a, b in lines]
     for name, reason in ev.get('skipped', {}).items():
         out.append(f'{name}: skipped, not scored ({reason})')
+    return out + failure_lines(results)
+
+
+def failure_lines(results):
+    """What these numbers lack: the cells and evaluation stages that failed, each with the
+    log that holds its error."""
+    out, ev = [], results.get('evaluation') or {}
+    for c in results['cells']:
+        if c['stage'] not in ev.get('stages', {}) and c['state'] != 'done':
+            what = 'training' if c['stage'] == 'train' else c['stage']
+            out.append(f'{c["arm"]} seed {c["seed"]}: {what} did not finish, not in the numbers'
+                       f'{" (nor its evaluation)" if c["stage"] == "train" and ev else ""}; '
+                       f'the error is in {c["work_dir"]}/benchmark_output.log')
+    for stage, where in (ev.get('failed') or {}).items():
+        out.append(f'evaluation stage {stage}: failed for {", ".join(where)}, not in the '
+                   'numbers; the error is in <cell>/evaluation/evaluate_output.log')
     return out
 
 

@@ -48,7 +48,7 @@ def _short(path):
 def run_suite(suite: Suite, work_root: str, launcher: Launcher, cfg_options: Optional[dict] = None,
               downstream_options: Optional[dict] = None, dry_run: bool = False, jobs: int = 1,
               echo: Callable[[str], None] = print, max_jobs: Optional[int] = None,
-              wait: bool = False, poll: float = 30.0) -> SuiteRun:
+              wait: bool = False, poll: float = 30.0, report: bool = False) -> SuiteRun:
     """Run (or with ``dry_run`` print) every cell of ``suite``; write the three results files.
 
     plan -> train -> evaluate -> aggregate -> write.
@@ -60,7 +60,8 @@ def run_suite(suite: Suite, work_root: str, launcher: Launcher, cfg_options: Opt
 
         max_jobs, wait, poll: slurm only (each cell its own batch job, see
             :mod:`mmtlalign.benchmark.slurm`): at most ``max_jobs`` queued at once; ``wait``
-            polls every ``poll`` seconds until every cell has ended.
+            polls every ``poll`` seconds until every cell has ended; ``report``: the suite's
+            report job (collect what the jobs left and write the results, submit nothing).
 
     Returns:
         SuiteRun: ``results`` is None for a dry run, and with slurm without ``wait`` until
@@ -82,7 +83,10 @@ def run_suite(suite: Suite, work_root: str, launcher: Launcher, cfg_options: Opt
          f'{counts["partial"]} to resume, {counts["new"]} to run' +
          (f', {jobs} at a time' if jobs > 1 and not dry_run else ''))
     if launcher.kind == 'slurm':  # every cell its own batch job
-        ended, failed, env = _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo)
+        ended, failed, env = _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo,
+                                          suite=suite, work_root=work_root,
+                                          cfg_options=cfg_options,
+                                          downstream_options=downstream_options, report=report)
     else:
         ended, failed, env = _train_here(suite, cells, launcher, dry_run, jobs, echo)
     if not ended:  # printed (dry run), or left to the cluster
@@ -96,12 +100,13 @@ def run_suite(suite: Suite, work_root: str, launcher: Launcher, cfg_options: Opt
     return SuiteRun(results, failed, cells)
 
 
-def _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo):
-    """Submit (or follow) every cell as its own batch job: ``(whether every cell has ended,
-    failed cells, extra environment of the evaluations)``."""
+def _train_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo, report=False, **plan):
+    """Submit (or follow) every cell, its evaluation job and the report job as batch jobs:
+    ``(whether every cell has ended, failed cells, extra environment of the evaluations)``."""
     done, failed = run_slurm(cells, launcher, dry_run, max_jobs, wait, poll, echo,
-                             collect=cell_result)
-    if dry_run or not (done or wait):
+                             collect=cell_result, report=report, **plan)
+    failed = [c for c in failed if c in cells]  # (evaluation jobs: their stages, below)
+    if dry_run or not (done or wait or report):
         return False, failed, {}
     for cell in cells:
         if cell.state == 'done' and not cell.result:
