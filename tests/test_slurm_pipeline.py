@@ -277,3 +277,54 @@ def test_dry_run_prints_every_jobs_script_with_gres_only_where_the_partition_has
     assert '--gres=gpu:2' in opts['cutmix seed 0']
     assert '--gres=gpu:1' in opts['cutmix seed 0 -> evaluation']
     assert '--gres' not in opts['report']
+
+
+def test_a_report_written_while_stages_failed_says_which(tmp_path):
+    """What the report job writes when a training cell and an evaluation stage failed: the
+    numbers of the rest, and lines naming what is missing and where its error is."""
+    from mmtlalign.benchmark import load_suite
+    from mmtlalign.benchmark.cells import Cell
+    from mmtlalign.benchmark.report import aggregate, summarise, write_all
+    path = tmp_path / 'suite.py'
+    path.write_text(f"""seeds = [0, 1]
+arms = [dict(name='cutmix', config={osp.join(DEMO, 'fmnist_vit_cutmix.py')!r}),
+        dict(name='tlalign', config={osp.join(DEMO, 'fmnist_vit_tlalign.py')!r},
+             baseline='cutmix')]
+evaluation = [dict(kind='occlusion', fractions=[0.5]), dict(kind='calibration')]
+""")
+    suite, work = load_suite(str(path)), str(tmp_path / 'work')
+    cells = []
+    for arm in ('cutmix', 'tlalign'):
+        for seed in (0, 1):
+            train = Cell(arm=arm, seed=seed, stage='train', config='c.py', options={},
+                         work_dir=osp.join(work, arm, f'seed{seed}'), metrics=suite.metrics[:1])
+            failed = arm == 'tlalign' and seed == 1  # its training failed
+            train.state = 'new' if failed else 'done'
+            train.result = {} if failed else dict(metrics={'top-1': 60.0 + seed + len(arm)})
+            cells.append(train)
+            if failed:
+                continue
+            for stage in suite.evaluation:
+                cell = Cell(arm=arm, seed=seed, stage=stage.name, config='c.py', options={},
+                            work_dir=osp.join(train.work_dir, 'evaluation'),
+                            metrics=stage.metrics, parent=train)
+                if stage.kind == 'occlusion':  # done everywhere
+                    top1 = [50.0 + seed, 40.0 + seed + len(arm)]
+                    cell.state, cell.result = 'done', dict(
+                        metrics={'occlusion AUC': top1[1]},
+                        curves=dict(fraction=[0.0, 0.5], top1=top1))
+                else:  # calibration failed in every evaluation job
+                    cell.state = 'failed'
+                cells.append(cell)
+    results = aggregate(suite, cells, work)
+    results['evaluation'] = summarise(suite, cells)
+    write_all(results, work)
+    md = read(osp.join(work, 'results.md'))
+    assert '| tlalign | 47.00 (n=1)' in md and '| cutmix | 46.00, 47.00 (n=2)' in md
+    assert f'- tlalign seed 1: training did not finish, not in the numbers (nor its ' \
+        f'evaluation); the error is in {work}/tlalign/seed1/benchmark_output.log' in md
+    assert '- evaluation stage calibration: failed for cutmix seed 0, cutmix seed 1, tlalign ' \
+        'seed 0, not in the numbers; the error is in <cell>/evaluation/evaluate_output.log' in md
+    assert results['evaluation']['failed'] == {
+        'calibration': ['cutmix seed 0', 'cutmix seed 1', 'tlalign seed 0']}
+    assert osp.getsize(osp.join(work, 'results.png')) > 10_000
