@@ -355,10 +355,11 @@ def test_benchmark_submits_every_cell_as_a_job(env, cpu_cluster):
     assert len(rows) == 4 and 'submitted 3 job(s)' in out
     queued = {k: v for k, v in rows.items() if v[0] != '-'}
     assert len(queued) == 3 and all(v[1] in ('pending', 'running') for v in queued.values())
-    # it did not wait for training (3 cells of >= 24 s each on 2 CPUs: >= 48 s); its own time
-    # is Python's start-up and a few Slurm commands, 10-35 s on 2 loaded cores
-    assert submit_s < 45, f'submission took {submit_s:.0f} s: it must not wait for training'
+    # it did not wait for training: the 3 jobs (>= 24 s each, 2 at a time) are all still queued
+    # when it returns. Its own time is Python's start-up, planning and a few Slurm commands
+    # before the first sbatch: 10-60 s on 2 loaded cores, hence the loose bound
     assert len([j for j, _, s, _ in squeue(cpu_cluster) if s in ('PENDING', 'RUNNING')]) == 3
+    assert submit_s < 120, f'submission took {submit_s:.0f} s: it must not wait for training'
     for rel, marker in markers(work).items():
         job = marker['slurm']['job_id']
         assert marker['status'] == 'submitted' and marker['slurm']['command'].startswith(

@@ -792,10 +792,14 @@ class SlurmSuite:
 
     def _report_due(self, submitted):
         """The report job goes (again) after all others once nothing is left to submit: when
-        this pass queued a job, or it is new / failed / vanished while others are queued."""
+        this pass queued a job, or it is new / failed / vanished while others are queued.
+        With ``wait`` the waiting process writes the results itself: a report job is only
+        replaced (should the waiting process be stopped, a later run submits one)."""
         if self.capped:
             return False
         state, _ = self.status[self.report.work_dir]
+        if self.wait and state not in ('pending', 'running'):
+            return False
         queued = any(self.status[u.work_dir][0] in ('pending', 'running', 'would submit')
                      for u in self.units if u is not self.report)
         if submitted:
