@@ -1,4 +1,4 @@
-"""Run a benchmark suite: every arm × seed (and downstream stage) of a suite config, then the
+"""Run a benchmark suite: every arm × seed (and downstream task) of a suite config, then the
 per-arm mean ± std and the paired differences with 95% confidence intervals.
 
     python tools/benchmark.py SUITE [--seeds 0 1 2] [--arms cutmix tlalign] [--work-dir DIR]

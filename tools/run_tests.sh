@@ -9,4 +9,4 @@ cd "$ROOT"
 # spinning on the (often 2) cores the others need.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-2}" \
   OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-exec "$ROOT/.venv/bin/python" -m pytest -q "$@"
+exec "$ROOT/.venv/bin/python" -m pytest -q --durations=40 "$@"

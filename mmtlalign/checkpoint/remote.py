@@ -8,10 +8,11 @@ which unpickles with ``weights_only=False``: a file from the network, or one pla
 torch.hub's cache, runs any code it carries. :func:`use_safe_loaders` replaces every scheme:
 
 * ``''`` (local files): the safe loader itself;
-* ``http://``, ``https://``: downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``,
-  with torch.hub's progress bar), then loaded safely. Where the file name carries a hash prefix
-  (``name-<8 or more hex digits>.ext``: torch.hub's and OpenMMLab's model-zoo convention), the
-  download and every later use of the cached copy must match it;
+* ``http://``, ``https://``: downloaded once into torch.hub's cache
+  (``$TORCH_HOME/hub/checkpoints``, with torch.hub's progress bar), then loaded safely. Where
+  the file name carries a hash prefix (``name-<8 or more hex digits>.ext``: torch.hub's and
+  OpenMMLab's model-zoo convention), the download and every later use of the cached copy must
+  match it;
 * ``open-mmlab://``, ``openmmlab://``, ``mmcls://``, ``torchvision://`` (``modelzoo://``): the
   name is looked up in mmengine's tables as mmengine does, then as above;
 * ``s3://`` / ``petrel://`` (optionally ``backend:s3://``): read through mmengine's file
