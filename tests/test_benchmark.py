@@ -205,7 +205,11 @@ def test_dry_run_torchrun_and_slurm_commands(tmp_path, capsys):
     # (its last_checkpoint read by mmtlalign.workdir: one line naming a file inside that dir)
     assert f"last-checkpoint {osp.join(work, 'cutmix', 'seed0')})" in out
     assert "--dependency=afterok:<job of cutmix seed 0>" in out
-    assert out.count('sbatch --parsable') == 6 and '--gres=gpu:8 --nodes' not in out
+    # 6 training jobs, an evaluation job per ImageNet cell after it, one report job after all
+    assert out.count('sbatch --parsable') == 9 and '--gres=gpu:8 --nodes' not in out
+    for name in ('cutmix-s0-eval', 'tlalign-s0-eval', 'downstream_swin-t-report'):
+        assert f'--job-name={name} ' in out, name
+    assert out.count('--dependency=afterany:') == 1
     assert '--ntasks=16 --nodes=2 --ntasks-per-node=8 --gres=gpu:8' in out
 
     with pytest.raises(SystemExit, match='--launcher slurm needs --partition'):
