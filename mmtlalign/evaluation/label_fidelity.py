@@ -19,7 +19,8 @@ undefined there) are left out and counted.
 
 Metrics (percentage points of the partner share for the errors):
 
-- ``share MAE <rule>``: mean |rule share - content share| (lower is better);
+- ``share MAE <rule>``: mean absolute difference of rule share and content share (lower
+  is better);
 - ``share r <rule>``: Pearson correlation of the rule share with the content share;
 - ``share MAE <rule> vs <baseline>``: the rule's MAE minus the baseline rule's (area) on the
   same pairs of the same model (negative: closer to the content than the area label).
