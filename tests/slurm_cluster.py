@@ -215,3 +215,14 @@ class SlurmCluster:
                 return
             time.sleep(0.3)
         raise AssertionError(f'jobs still queued after {timeout} s: {r.stdout}')
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """``predicate()``'s first truthy value, polled every ``interval`` s for ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f'timed out after {timeout} s waiting for {what}')

@@ -27,7 +27,7 @@ import time
 
 import pytest
 import torch
-from slurm_cluster import PARTITION, SlurmCluster, unavailable
+from slurm_cluster import PARTITION, SlurmCluster, unavailable, wait_for
 
 import datagen
 from helpers import PY, ROOT, free_port, ok, run_tool
@@ -200,16 +200,6 @@ def _same(a, b, where):
             _same(x, y, f'{where}[{i}]')
     else:
         assert a == b, f'{where}: {a!r} != {b!r}'
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
 def squeue(cluster):

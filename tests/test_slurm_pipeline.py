@@ -21,7 +21,7 @@ import re
 import time
 
 import pytest
-from slurm_cluster import PARTITION, SlurmCluster, unavailable
+from slurm_cluster import PARTITION, SlurmCluster, unavailable, wait_for
 
 import datagen
 from helpers import PY, ROOT, ok, run_tool
@@ -80,16 +80,6 @@ def squeue(cluster):
     """``squeue -o '%i %j %T %E %R'``: id, name, state, dependency, reason (or node)."""
     r = cluster.run(['squeue', '-h', '-o', '%i|%j|%T|%E|%R'])
     return [line.split('|') for line in r.stdout.splitlines() if line.strip()]
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
 def table(out):
